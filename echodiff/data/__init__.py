@@ -1,0 +1,18 @@
+"""EchoNet-Dynamic data: the video reader, the dataset, clips and the decoded-video cache."""
+
+from echodiff.data.echonet import (
+    DatasetError,
+    DiffusionClips,
+    EchoNetDynamic,
+    channel_stats,
+    disc_volume,
+    read_filelist,
+    read_tracings,
+    trace_mask,
+)
+from echodiff.data.video import VideoCache, VideoError, read_video, write_video
+
+__all__ = [
+    "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
+    "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "write_video",
+]

@@ -1,0 +1,431 @@
+"""EchoNet-Dynamic dataset reader: ``FileList.csv``, ``VolumeTracings.csv`` and ``Videos/*.avi``.
+
+Reads the real dataset unchanged (and the phantom, written in the same format). Semantics follow
+EchoNet-Dynamic's own ``echonet.datasets.Echo`` -- clips of ``length`` frames every ``period`` frames, zero
+padding of short videos after normalisation, ``clips`` = 1, n or ``"all"`` -- with two additions: clips can be
+resampled to a frame rate (``fps``, linear interpolation in time) and every bad input gets an error that names
+the file, the CSV row and the fix (or, with ``skip_invalid=True``, is dropped and reported in ``.skipped``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from echodiff.data.video import VideoCache, VideoError, read_video
+from echodiff.io import atomic_write_text
+
+SPLITS = ("TRAIN", "VAL", "TEST")
+REQUIRED_COLUMNS = ("FileName", "EF", "Split")
+TRACING_COLUMNS = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
+#: Targets needing the two traced frames (EchoNet: "Large" = end-diastole, listed last; "Small" = end-systole).
+TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeTrace", "SmallTrace")
+TARGETS = ("EF", "EDV", "ESV", "FileName", "Filename", *TRACE_TARGETS)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or CSV that cannot be read as EchoNet-Dynamic; the message says what to fix."""
+
+
+def default_cache_dir() -> Path:
+    """``$ECHODIFF_CACHE`` if set, else ``~/.cache/echodiff``."""
+    return Path(os.environ.get("ECHODIFF_CACHE", Path.home() / ".cache" / "echodiff"))
+
+
+def _csv_row(index: int) -> int:
+    """Line number in the CSV file of DataFrame row ``index`` (header is line 1)."""
+    return int(index) + 2
+
+
+def read_filelist(root: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
+    """Read and check ``root/FileList.csv``; return it (FileName without ``.avi``, Split upper case) and notes.
+
+    The returned frame keeps a ``csv_row`` column (line number in the file) for error messages.
+    Raises :class:`DatasetError` for a missing root, file or required column.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: dataset folder not found. Pass the EchoNet-Dynamic folder (holding FileList.csv, "
+            "VolumeTracings.csv and Videos/), or write a phantom there: python -m echodiff.phantom --out "
+            f"{root} --n 400"
+        )
+    path = root / "FileList.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: FileList.csv not found; {root} must be an EchoNet-Dynamic folder.")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc}); restore the file from the dataset.") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {missing}; found {list(frame.columns)}. EchoNet-Dynamic's header is "
+            "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split."
+        )
+    notes = []
+    frame = frame.copy()
+    frame["csv_row"] = [_csv_row(i) for i in range(len(frame))]
+    names = frame["FileName"].astype(str)
+    with_avi = names.str.lower().str.endswith(".avi")
+    if with_avi.any():
+        notes.append(f"{path}: {int(with_avi.sum())} FileName(s) carry '.avi'; read as the name without it")
+        names = names.where(~with_avi, names.str[:-4])
+    frame["FileName"] = names
+    splits = frame["Split"].astype(str).str.strip()
+    upper = splits.str.upper()
+    if (upper != splits).any():
+        notes.append(f"{path}: {int((upper != splits).sum())} Split value(s) not in upper case; read as upper case")
+    frame["Split"] = upper
+    return frame, notes
+
+
+def read_tracings(root: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
+    """``root/VolumeTracings.csv`` as {FileName without .avi: {frame: (N, 4) X1, Y1, X2, Y2}} in file order.
+
+    Returns an empty dict when the file is absent. EchoNet-Dynamic lists the end-systolic frame first and the
+    end-diastolic frame last; the first row of each frame is the long axis, the rest the disc chords.
+    """
+    path = Path(root) / "VolumeTracings.csv"
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc}); restore the file from the dataset.") from exc
+    if list(frame.columns) != TRACING_COLUMNS:
+        raise DatasetError(f"{path}: header is {list(frame.columns)}, expected {TRACING_COLUMNS}.")
+    names = frame["FileName"].astype(str)
+    frame["FileName"] = names.where(~names.str.lower().str.endswith(".avi"), names.str[:-4])
+    out: dict[str, dict[int, np.ndarray]] = {}
+    coords = frame[["X1", "Y1", "X2", "Y2"]].to_numpy(np.float64)
+    for name, frame_index, rows in zip(frame["FileName"], frame["Frame"], range(len(frame)), strict=True):
+        out.setdefault(name, {}).setdefault(int(frame_index), []).append(coords[rows])
+    return {name: {f: np.stack(r) for f, r in frames.items()} for name, frames in out.items()}
+
+
+def trace_mask(coords: np.ndarray, height: int, width: int) -> np.ndarray:
+    """LV mask (H, W) float32 from tracing rows ``(N, 4)`` as EchoNet draws it: the polygon of chord ends."""
+    x = np.concatenate([coords[1:, 0], coords[1:, 2][::-1]])
+    y = np.concatenate([coords[1:, 1], coords[1:, 3][::-1]])
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [np.stack([np.rint(x), np.rint(y)], 1).astype(np.int32)], 1)
+    return mask.astype(np.float32)
+
+
+def disc_volume(coords: np.ndarray) -> float:
+    """Method-of-discs volume (px^3) of one traced frame: ``pi/4 * sum(d_i^2) * L / n`` (single plane)."""
+    axis = np.hypot(coords[0, 2] - coords[0, 0], coords[0, 3] - coords[0, 1])
+    chords = np.hypot(coords[1:, 2] - coords[1:, 0], coords[1:, 3] - coords[1:, 1])
+    return float(np.pi / 4.0 * np.sum(chords**2) * axis / len(chords))
+
+
+def clip_positions(n_frames: int, length: int | None, step: float, max_length: int | None) -> tuple[int, int]:
+    """Clip length and number of possible integer start frames for a video of ``n_frames`` frames.
+
+    ``step`` is the distance between clip frames in source frames (the period, or ``fps_in / fps_out``).
+    As in EchoNet-Dynamic, ``length=None`` takes as many frames as fit and ``max_length`` caps it.
+    """
+    if length is None:
+        length = max(1, int(n_frames // step))
+    if max_length is not None:
+        length = min(length, max_length)
+    starts = max(1, int(np.floor(n_frames - (length - 1) * step)))
+    return length, starts
+
+
+def sample_clip(video: np.ndarray, start: int, length: int, step: float) -> tuple[np.ndarray, int]:
+    """Frames ``start + k * step`` (k < length) of float ``(C, F, H, W)``; return ``((C, T, H, W), valid)``.
+
+    Fractional positions are linearly interpolated between neighbouring frames; positions past the last frame
+    are zeros (padding), and ``valid`` counts the frames that are not padding.
+    """
+    c, f, h, w = video.shape
+    pos = start + step * np.arange(length)
+    valid = int(np.sum(pos <= f - 1 + 1e-6))
+    out = np.zeros((c, length, h, w), np.float32)
+    if valid == 0:
+        return out, 0
+    p = pos[:valid]
+    lo = np.floor(p + 1e-6).astype(int).clip(0, f - 1)
+    frac = (p - lo).astype(np.float32)
+    if np.all(frac < 1e-6):
+        out[:, :valid] = video[:, lo]
+    else:
+        hi = np.minimum(lo + 1, f - 1)
+        frac = frac[None, :, None, None]
+        out[:, :valid] = (1.0 - frac) * video[:, lo] + frac * video[:, hi]
+    return out, valid
+
+
+class EchoNetDynamic(torch.utils.data.Dataset):
+    """EchoNet-Dynamic videos and targets, in the spirit of ``echonet.datasets.Echo``.
+
+    Args:
+        root: folder holding ``FileList.csv``, ``VolumeTracings.csv`` and ``Videos/``.
+        split: ``"train"``, ``"val"``, ``"test"`` (any case) or ``"all"``.
+        target_type: one name or a list of: EF (%), EDV, ESV (mL), FileName, LargeIndex/SmallIndex (ED/ES frame
+            index), LargeFrame/SmallFrame (normalised ED/ES frame ``(C, H, W)``), LargeTrace/SmallTrace (LV mask).
+        length: frames per clip; ``None`` = as many as fit (capped by ``max_length``).
+        period: take every ``period``-th frame (ignored when ``fps`` is given).
+        fps: if set, resample clips to this frame rate by linear interpolation (source rate from the CSV's FPS
+            column, else the video header).
+        clips: number of random clips per video, or ``"all"`` (then the video is ``(n, C, T, H, W)``).
+        max_length: cap on ``length``.
+        pad: pixels of zero padding on each side before a random crop of the original size (augmentation).
+        mean, std: per-channel (length 3) or scalar normalisation applied to 0-255 values, or ``"train"`` to use
+            statistics of this root's TRAIN split (computed once, cached; see :func:`channel_stats`).
+        skip_invalid: drop rows with problems (bad EF, missing or unreadable video, wrong frame size, missing
+            tracings when tracing targets are asked for) instead of raising; they are listed in ``.skipped``.
+            This decodes every video once, so pass ``cache`` to keep the work.
+        cache: a :class:`VideoCache` or a folder for one, so videos are decoded once and memory-mapped after.
+
+    Items are ``(video, target)``: video float32 tensor ``(C, T, H, W)`` (``(clips, C, T, H, W)`` if several
+    clips); target a float32 scalar tensor for EF/EDV/ESV, a tuple when several targets are asked for.
+    Random clip starts and crops use torch's RNG, so ``torch.manual_seed`` and DataLoader workers reproduce.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        target_type: str | Sequence[str] = "EF",
+        length: int | None = 16,
+        period: int = 2,
+        clips: int | str = 1,
+        max_length: int | None = 250,
+        pad: int | None = None,
+        mean: float | Sequence[float] | str = 0.0,
+        std: float | Sequence[float] | str = 1.0,
+        fps: float | None = None,
+        skip_invalid: bool = False,
+        cache: VideoCache | str | os.PathLike | None = None,
+    ):
+        self.root = Path(root)
+        self.split = str(split).upper()
+        if self.split not in (*SPLITS, "ALL"):
+            raise DatasetError(f"split must be one of train, val, test or all (any case), got {split!r}")
+        self.target_type = [target_type] if isinstance(target_type, str) else list(target_type)
+        unknown = [t for t in self.target_type if t not in TARGETS]
+        if unknown:
+            raise DatasetError(f"unknown target_type {unknown}; choose from {list(TARGETS)}")
+        if clips != "all" and (not isinstance(clips, int) or clips < 1):
+            raise DatasetError(f"clips must be a positive int or 'all', got {clips!r}")
+        if period < 1 or (length is not None and length < 1):
+            raise DatasetError(f"length and period must be positive, got length={length}, period={period}")
+        self.length, self.period, self.clips, self.max_length, self.pad, self.fps = (
+            length, period, clips, max_length, pad, fps)
+        self.cache = VideoCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
+
+        filelist, notes = read_filelist(self.root)
+        self.notes = notes
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        if self.split != "ALL":
+            filelist = filelist[filelist["Split"] == self.split]
+        self.tracings = read_tracings(self.root)
+        problems = self._check_rows(filelist)
+        if skip_invalid:
+            problems += self._check_videos(filelist.drop(index=[p[0] for p in problems], errors="ignore"))
+        self.skipped = pd.DataFrame(
+            [{"FileName": filelist.at[i, "FileName"], "csv_row": filelist.at[i, "csv_row"], "problem": why}
+             for i, why in problems], columns=["FileName", "csv_row", "problem"])
+        if problems and not skip_invalid:
+            shown = "\n".join(f"  {self.root / 'FileList.csv'} line {r.csv_row} ({r.FileName}): {r.problem}"
+                              for r in self.skipped.head(10).itertuples())
+            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise DatasetError(f"{len(problems)} invalid row(s) in split {self.split}:\n{shown}{more}\n"
+                               "Fix these rows, or pass skip_invalid=True to drop them and list them in .skipped.")
+        if problems:
+            warnings.warn(f"{self.root}: skipped {len(problems)} invalid row(s) of split {self.split}; "
+                          "see .skipped", stacklevel=2)
+        self.filelist = filelist.drop(index=[i for i, _ in problems]).reset_index(drop=True)
+        self.mean = self._stat(mean, "mean")
+        self.std = self._stat(std, "std")
+
+    # -- validation ------------------------------------------------------------------------------------
+    def _check_rows(self, filelist: pd.DataFrame) -> list[tuple[int, str]]:
+        """Problems found from the CSVs and the folder listing alone: (DataFrame index, reason)."""
+        problems = []
+        ef = pd.to_numeric(filelist["EF"], errors="coerce")
+        videos_dir = self.root / "Videos"
+        present = set(os.listdir(videos_dir)) if videos_dir.is_dir() else set()
+        needs_trace = any(t in TRACE_TARGETS for t in self.target_type)
+        for i, name, value in zip(filelist.index, filelist["FileName"], ef, strict=True):
+            if not np.isfinite(value):
+                problems.append((i, f"EF is missing or not a number ({filelist.at[i, 'EF']!r}); give EF in %"))
+            elif not 0.0 <= value <= 100.0:
+                problems.append((i, f"EF {value} is outside 0-100; EF is a percentage"))
+            elif f"{name}.avi" not in present:
+                problems.append((i, f"video {videos_dir / (name + '.avi')} not found; add it or remove the row"))
+            elif needs_trace and len(self.tracings.get(name, {})) < 2:
+                problems.append((i, "fewer than 2 traced frames in VolumeTracings.csv (needed for the trace "
+                                    "targets); add the tracings or drop the trace targets"))
+        return problems
+
+    def _check_videos(self, filelist: pd.DataFrame) -> list[tuple[int, str]]:
+        """Decode every video of ``filelist`` and report unreadable ones and frame sizes that differ from the CSV."""
+        problems = []
+        for i in filelist.index:
+            try:
+                self._load(filelist.loc[i])
+            except (VideoError, DatasetError) as exc:
+                problems.append((i, str(exc)))
+        return problems
+
+    def _load(self, row: pd.Series) -> np.ndarray:
+        """uint8 ``(3, F, H, W)`` of a FileList row, checked against the row's FrameHeight/FrameWidth."""
+        path = self.root / "Videos" / f"{row['FileName']}.avi"
+        video = read_video(path, cache=self.cache)
+        for column, size in (("FrameHeight", video.shape[2]), ("FrameWidth", video.shape[3])):
+            if column in row.index and pd.notna(row[column]) and int(row[column]) != size:
+                raise DatasetError(
+                    f"{path}: frames are {video.shape[2]}x{video.shape[3]} but FileList.csv line {row['csv_row']} "
+                    f"says {column}={int(row[column])}; correct the CSV or re-export the video at that size.")
+        return video
+
+    def _stat(self, value: float | Sequence[float] | str, which: str) -> np.ndarray:
+        """Normalisation constant as an array broadcastable to ``(C, F, H, W)``."""
+        if isinstance(value, str):
+            if value != "train":
+                raise DatasetError(f"{which} must be a number, 3 numbers or 'train', got {value!r}")
+            value = channel_stats(self.root, cache=self.cache)[which]
+        array = np.asarray(value, np.float32).reshape(-1)
+        if array.size not in (1, 3):
+            raise DatasetError(f"{which} must be a scalar or one value per channel (3), got {array.size} values")
+        return array.reshape(-1, 1, 1, 1)
+
+    # -- items -----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.filelist)
+
+    def step(self, index: int) -> float:
+        """Clip frame spacing of item ``index`` in source frames: ``period``, or source FPS / ``fps``."""
+        if self.fps is None:
+            return float(self.period)
+        row = self.filelist.iloc[index]
+        source = row.get("FPS")
+        if source is None or not np.isfinite(source) or source <= 0:
+            from echodiff.data.video import video_header
+
+            source = video_header(self.root / "Videos" / f"{row['FileName']}.avi")["fps"]
+        return float(source) / float(self.fps)
+
+    def video(self, index: int) -> np.ndarray:
+        """The whole video of item ``index``, uint8 ``(3, F, H, W)``."""
+        return self._load(self.filelist.iloc[index])
+
+    def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised clip(s) of item ``index``: float32 ``(n, C, T, H, W)`` and the valid (unpadded) frame counts."""
+        raw = self.video(index)
+        video = (raw.astype(np.float32) - self.mean) / self.std
+        step = self.step(index)
+        length, n_starts = clip_positions(video.shape[1], self.length, step, self.max_length)
+        if self.clips == "all":
+            starts = np.arange(n_starts)
+        else:
+            starts = torch.randint(n_starts, (self.clips,)).numpy()
+        clips, valid = zip(*(sample_clip(video, int(s), length, step) for s in starts), strict=True)
+        out = np.stack(clips)
+        if self.pad:
+            out = self._pad_crop(out)
+        return out, np.array(valid)
+
+    def _pad_crop(self, clips: np.ndarray) -> np.ndarray:
+        """Zero-pad every frame by ``pad`` pixels and crop back to the original size at one random offset."""
+        n, c, t, h, w = clips.shape
+        p = self.pad
+        padded = np.zeros((n, c, t, h + 2 * p, w + 2 * p), clips.dtype)
+        padded[..., p:p + h, p:p + w] = clips
+        i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+        return padded[..., i:i + h, j:j + w]
+
+    def target(self, index: int, raw: np.ndarray | None = None) -> object:
+        """The target(s) of item ``index`` (see the class docstring)."""
+        row = self.filelist.iloc[index]
+        out = []
+        for t in self.target_type:
+            if t in ("FileName", "Filename"):
+                out.append(row["FileName"])
+            elif t in ("EF", "EDV", "ESV"):
+                out.append(torch.tensor(float(row[t]), dtype=torch.float32))
+            else:
+                frames = list(self.tracings[row["FileName"]])
+                frame = frames[-1] if t.startswith("Large") else frames[0]
+                if t.endswith("Index"):
+                    out.append(frame)
+                elif t.endswith("Frame"):
+                    raw = self.video(index) if raw is None else raw
+                    image = (raw[:, frame].astype(np.float32) - self.mean[:, 0]) / self.std[:, 0]
+                    out.append(torch.from_numpy(np.ascontiguousarray(image)))
+                else:
+                    coords = self.tracings[row["FileName"]][frame]
+                    size = (int(row.get("FrameHeight", 112)), int(row.get("FrameWidth", 112)))
+                    out.append(torch.from_numpy(trace_mask(coords, *size)))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, object]:
+        clips, _ = self.clip(index)
+        video = torch.from_numpy(np.ascontiguousarray(clips[0] if self.clips == 1 else clips))
+        return video, self.target(index)
+
+
+def channel_stats(
+    root: str | os.PathLike, samples: int = 128, cache: VideoCache | None = None, seed: int = 0
+) -> dict[str, list[float]]:
+    """Per-channel mean and std (0-255 scale) over all frames of up to ``samples`` random TRAIN videos.
+
+    Cached as JSON under :func:`default_cache_dir`, keyed by the root, its FileList.csv and ``samples``/``seed``.
+    """
+    root = Path(root).resolve()
+    filelist_path = root / "FileList.csv"
+    stat = filelist_path.stat() if filelist_path.is_file() else None
+    key = hashlib.sha1(f"{root}|{stat and stat.st_mtime_ns}|{stat and stat.st_size}|{samples}|{seed}"
+                       .encode()).hexdigest()[:16]
+    path = default_cache_dir() / "stats" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    data = EchoNetDynamic(root, "train", cache=cache)
+    if len(data) == 0:
+        raise DatasetError(f"{root}: no TRAIN rows to compute mean/std from; give mean and std explicitly.")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(data), min(samples, len(data)), replace=False)
+    s1, s2, n = np.zeros(3), np.zeros(3), 0
+    for i in chosen:
+        v = data.video(int(i)).reshape(3, -1).astype(np.float64)
+        s1 += v.sum(1)
+        s2 += (v**2).sum(1)
+        n += v.shape[1]
+    mean = s1 / n
+    out = {"mean": mean.tolist(), "std": np.sqrt(s2 / n - mean**2).tolist()}
+    atomic_write_text(json.dumps(out), path)
+    return out
+
+
+class DiffusionClips(EchoNetDynamic):
+    """Training view for the diffusion models: ``(anatomy (C, H, W), EF in %, clip (C, T, H, W))``, all in [0, 1].
+
+    The clip is ``frames`` frames every ``period`` frames, or resampled to ``fps`` (e.g. 2 s at 8 fps = 16
+    frames, as EchoDiffusion's 1SCM), zero-padded when the video is short; the anatomy frame is a random
+    unpadded frame of that same clip. Other arguments as :class:`EchoNetDynamic`.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", frames: int = 16, period: int = 2,
+                 fps: float | None = None, **kwargs):
+        super().__init__(root, split, target_type="EF", length=frames, period=period, fps=fps, clips=1,
+                         max_length=None, mean=0.0, std=255.0, **kwargs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clips, valid = self.clip(index)
+        clip = torch.from_numpy(np.ascontiguousarray(clips[0]))
+        k = int(torch.randint(max(int(valid[0]), 1), ()))
+        return clip[:, k].clone(), self.target(index), clip

@@ -1,0 +1,119 @@
+"""The one video reader and writer of echodiff (OpenCV), and the optional decoded-video cache.
+
+Arrays are uint8 ``(C=3, T, H, W)`` in RGB order, as EchoNet-Dynamic's ``loadvideo`` returns them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from echodiff.io import atomic_path
+
+
+class VideoError(ValueError):
+    """A video file that is missing, unreadable, truncated or of an unexpected size."""
+
+
+def read_video(path: str | os.PathLike, cache: VideoCache | None = None) -> np.ndarray:
+    """Decode a whole video file to uint8 ``(3, T, H, W)`` RGB.
+
+    With ``cache``, a previously decoded copy is memory-mapped instead (see :class:`VideoCache`).
+    Raises :class:`VideoError` naming the file for a missing, unreadable or truncated video.
+    """
+    if cache is not None:
+        return cache.load(path)
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: video file not found. Check the dataset root and that Videos/ holds this file.")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise VideoError(f"{path}: OpenCV cannot open this file (corrupt or not a video); replace or remove it.")
+        expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        frames = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise VideoError(f"{path}: no frame could be decoded (corrupt or empty video); replace or remove it.")
+    if expected > 0 and len(frames) < expected:
+        raise VideoError(
+            f"{path}: truncated video, decoded {len(frames)} of the {expected} frames its header announces; "
+            "re-copy or re-export the file."
+        )
+    video = np.stack(frames)[..., ::-1]  # BGR -> RGB, (T, H, W, 3)
+    return np.ascontiguousarray(video.transpose(3, 0, 1, 2))
+
+
+def write_video(path: str | os.PathLike, video: np.ndarray, fps: float) -> Path:
+    """Write uint8 ``(3, T, H, W)`` RGB as an MJPG AVI (EchoNet-Dynamic's format), atomically."""
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[0] != 3 or video.dtype != np.uint8:
+        raise ValueError(f"write_video expects uint8 (3, T, H, W), got {video.dtype} {tuple(video.shape)}")
+    _, _, height, width = video.shape
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (width, height))
+        if not writer.isOpened():
+            raise OSError(f"{path}: OpenCV could not open an MJPG writer")
+        try:
+            for frame in video.transpose(1, 2, 3, 0):
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))
+        finally:
+            writer.release()
+    return Path(path)
+
+
+def video_header(path: str | os.PathLike) -> dict[str, float]:
+    """Frame count, height, width and FPS from a video's header, without decoding it."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise VideoError(f"{path}: OpenCV cannot open this file (corrupt or not a video); replace or remove it.")
+        return {
+            "frames": int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
+            "height": int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            "width": int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "fps": float(capture.get(cv2.CAP_PROP_FPS)),
+        }
+    finally:
+        capture.release()
+
+
+class VideoCache:
+    """Decoded videos stored once as ``.npy`` files and memory-mapped on later reads.
+
+    A cache entry is keyed by the video's absolute path, size and modification time, so an edited or replaced
+    video is decoded again. Entries are written atomically; the folder can be deleted at any time.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _entry(self, path: Path) -> Path:
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        return self.directory / f"{path.stem}-{key}.npy"
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """uint8 ``(3, T, H, W)`` of ``path``, decoded on the first call and memory-mapped afterwards."""
+        path = Path(path)
+        if not path.is_file():
+            raise VideoError(f"{path}: video file not found. Check the dataset root and that Videos/ holds this file.")
+        entry = self._entry(path)
+        if entry.exists():
+            return np.load(entry, mmap_mode="r")
+        video = read_video(path)
+        with atomic_path(entry) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, video)
+        return video

@@ -1,0 +1,68 @@
+"""Figures and animations shared by the notebooks (matplotlib/seaborn figures, GIFs via Pillow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from PIL import Image
+
+from echodiff.io import atomic_path
+
+
+def ef_histogram(filelist: pd.DataFrame, binwidth: float = 2.5) -> plt.Figure:
+    """Histogram of EF (%) per split (TRAIN / VAL / TEST), one panel each."""
+    order = [s for s in ("TRAIN", "VAL", "TEST") if s in set(filelist["Split"])]
+    grid = sns.displot(filelist, x="EF", col="Split", col_order=order, binwidth=binwidth,
+                       stat="density", common_norm=False, height=2.6, aspect=1.2)
+    grid.set_axis_labels("EF (%)", "density")
+    return grid.figure
+
+
+def frame_grid(videos: list[np.ndarray], titles: list[str], frames: int = 4) -> plt.Figure:
+    """Rows of ``frames`` evenly spaced frames, one row per uint8 ``(3, T, H, W)`` video."""
+    fig, axes = plt.subplots(len(videos), frames, figsize=(1.6 * frames, 1.7 * len(videos)), squeeze=False)
+    for row, (video, title) in enumerate(zip(videos, titles, strict=True)):
+        for col, t in enumerate(np.linspace(0, video.shape[1] - 1, frames).astype(int)):
+            ax = axes[row, col]
+            ax.imshow(video[:, t].transpose(1, 2, 0))
+            ax.set_axis_off()
+            ax.set_title(f"{title} t={t}" if col == 0 else f"t={t}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def overlay_tracing(frame: np.ndarray, coords: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 copy of ``frame`` with tracing rows ``(N, 4)`` (long axis + chords) drawn on it."""
+    out = np.ascontiguousarray(frame.copy())
+    for x1, y1, x2, y2 in coords:
+        cv2.line(out, (round(x1), round(y1)), (round(x2), round(y2)), colour, 1, cv2.LINE_AA)
+    return out
+
+
+def tracing_gif(video: np.ndarray, tracings: dict[int, np.ndarray], path: str | os.PathLike, fps: float,
+                scale: int = 2) -> Path:
+    """Animated GIF of uint8 ``(3, T, H, W)`` with each traced frame's tracing (ES green, ED red) shown on it
+    and held for a few frames; written atomically."""
+    colours = {f: c for f, c in zip(tracings, [(0, 220, 0), (230, 40, 40)], strict=False)}
+    images = []
+    for t in range(video.shape[1]):
+        frame = video[:, t].transpose(1, 2, 0)
+        repeat = 1
+        if t in tracings:
+            frame = overlay_tracing(frame, tracings[t], colours[t])
+            repeat = max(1, round(fps / 4))
+        big = cv2.resize(np.ascontiguousarray(frame), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        images += [Image.fromarray(big)] * repeat
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0)
+    return Path(path)

@@ -1,0 +1,111 @@
+"""The one place that talks to MLflow: where the store is, runs per stage, and logging of figures and tables.
+
+Store: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under
+``<repo>/mlruns/artifacts`` -- resolved from the repository root, never the current directory.
+Browse with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from echodiff.config import repo_root
+from echodiff.io import atomic_write_csv
+
+DEFAULT_EXPERIMENT = "echodiff"
+
+
+def local_store() -> Path:
+    """The repository's ``mlruns/`` folder."""
+    return repo_root() / "mlruns"
+
+
+def local_uri() -> str:
+    """URI of the repository's SQLite store, ``sqlite:///<repo>/mlruns/mlflow.db``."""
+    return f"sqlite:///{local_store() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the repository's SQLite store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
+    if uri == local_uri():
+        local_store().mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the store, create ``experiment`` if needed (artifacts in ``mlruns/artifacts`` for the
+    local store, the server's default otherwise) and make it current; return its id."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable.
+        location = (local_store() / "artifacts").as_uri() if uri == local_uri() else None
+        try:
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: dict[str, Any],
+    run_id: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> Iterator[mlflow.ActiveRun]:
+    """The MLflow run of one stage: resumes ``run_id`` (created by the pipeline runner) or starts a new run
+    named ``stage``; logs ``params``; ends the run (FAILED if the body raised)."""
+    setup(experiment)
+    if mlflow.active_run() is not None:  # a notebook re-run interactively
+        mlflow.end_run()
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage) as run:
+        mlflow.set_tag("echodiff.stage", stage)
+        log_params(params)
+        yield run
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log parameters, stringifying values MLflow cannot take and skipping ones already logged identically."""
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {k: _param(v) for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def _param(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def log_table(frame: pd.DataFrame, name: str) -> None:
+    """Log a DataFrame as the CSV artifact ``name`` (e.g. ``"FileList.csv"``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = atomic_write_csv(frame, Path(tmp) / name)
+        mlflow.log_artifact(str(path))
+
+
+def log_figure(figure: Any, name: str) -> None:
+    """Log a matplotlib figure as the PNG artifact ``name``."""
+    mlflow.log_figure(figure, name)
+
+
+def log_file(path: str | os.PathLike, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """Log a file to the active run, or to ``run_id`` (which may already be finished)."""
+    if run_id is None:
+        mlflow.log_artifact(str(path), artifact_path)
+    else:
+        mlflow.tracking.MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path)

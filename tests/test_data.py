@@ -1,0 +1,265 @@
+"""EchoNetDynamic and DiffusionClips on real AVI files: shapes, clips, padding, resampling, normalisation,
+targets, the decoded-video cache and every bad input."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from echodiff.data import (
+    DatasetError,
+    DiffusionClips,
+    EchoNetDynamic,
+    VideoCache,
+    VideoError,
+    channel_stats,
+    read_video,
+    write_video,
+)
+from echodiff.data.echonet import sample_clip
+
+
+def _ramp_dataset(root, n_frames=10, fps=50, value_step=20):
+    """A one-video dataset whose frame t is uniformly grey at ``t * value_step`` (exact through MJPG +-2)."""
+    video = np.stack([np.full((112, 112), t * value_step, np.uint8) for t in range(n_frames)])
+    write_video(root / "Videos" / "RAMP.avi", np.broadcast_to(video[None], (3, *video.shape)).copy(), fps)
+    row = dict(FileName="RAMP", EF=60.0, ESV=40.0, EDV=100.0, FrameHeight=112, FrameWidth=112, FPS=fps,
+               NumberOfFrames=n_frames, Split="TRAIN")
+    pd.DataFrame([row]).to_csv(root / "FileList.csv", index=False)
+    return root
+
+
+def test_default_item_shapes_and_targets(phantom_root):
+    data = EchoNetDynamic(phantom_root, "train")
+    filelist = pd.read_csv(phantom_root / "FileList.csv")
+    assert len(data) == (filelist.Split == "TRAIN").sum()
+    video, ef = data[0]
+    assert video.shape == (3, 16, 112, 112) and video.dtype == torch.float32
+    assert float(ef) == pytest.approx(float(filelist.set_index("FileName").EF[data.filelist.FileName[0]]), abs=1e-4)
+    assert len(EchoNetDynamic(phantom_root, "ALL")) == len(filelist)
+    assert len(EchoNetDynamic(phantom_root, "Val")) == (filelist.Split == "VAL").sum()
+
+
+def test_trace_targets(phantom_root):
+    data = EchoNetDynamic(phantom_root, "all", target_type=["FileName", "LargeIndex", "SmallIndex", "LargeFrame",
+                                                             "LargeTrace", "SmallTrace", "EDV", "ESV"])
+    _, (name, ed, es, ed_frame, ed_mask, es_mask, edv, esv) = data[0]
+    frames = list(data.tracings[name])
+    assert (es, ed) == (frames[0], frames[-1])
+    assert ed_frame.shape == (3, 112, 112)
+    assert torch.equal(ed_frame, torch.from_numpy(data.video(0)[:, ed].astype(np.float32)))
+    assert ed_mask.shape == (112, 112) and ed_mask.sum() > es_mask.sum() > 50
+    assert float(edv) > float(esv)
+
+
+def test_clips_lengths_and_all_clips(phantom_root):
+    one = EchoNetDynamic(phantom_root, "train", length=8, period=3, clips=3)
+    video, _ = one[0]
+    assert video.shape == (3, 3, 8, 112, 112)
+    full = EchoNetDynamic(phantom_root, "train", length=None, period=2, clips="all", max_length=None)
+    frames = full.video(0).shape[1]
+    video, _ = full[0]
+    assert video.shape[2] == frames // 2 and video.shape[0] == frames - (frames // 2 - 1) * 2
+    capped = EchoNetDynamic(phantom_root, "train", length=None, max_length=20)
+    assert capped[0][0].shape[1] == 20
+
+
+def test_clip_is_the_frames_at_the_period(tmp_path):
+    root = _ramp_dataset(tmp_path, n_frames=10)
+    torch.manual_seed(0)
+    data = EchoNetDynamic(root, "train", length=4, period=2, clips="all")
+    video, _ = data[0]
+    assert video.shape[0] == 10 - 3 * 2  # starts 0..3
+    levels = video[:, 0, :, 56, 56]  # (clips, T)
+    expected = np.array([[20 * (s + 2 * k) for k in range(4)] for s in range(4)], np.float32)
+    assert np.abs(levels.numpy() - expected).max() <= 2
+
+
+def test_short_videos_are_zero_padded_after_normalisation(tmp_path):
+    root = _ramp_dataset(tmp_path, n_frames=10)
+    data = EchoNetDynamic(root, "train", length=8, period=2, mean=100.0, std=50.0)
+    video, _ = data[0]
+    assert video.shape == (3, 8, 112, 112)
+    assert torch.all(video[:, 5:] == 0)  # frames 10, 12, 14 do not exist
+    assert float(video[0, 1, 0, 0]) == pytest.approx((40 - 100) / 50, abs=0.05)
+
+
+def test_fps_resampling_interpolates_linearly(tmp_path):
+    root = _ramp_dataset(tmp_path, n_frames=10, fps=50)
+    data = EchoNetDynamic(root, "train", length=6, fps=20, clips="all", max_length=None)  # step 2.5 frames
+    video, _ = data[0]
+    assert data.step(0) == pytest.approx(2.5)
+    levels = video[0, 0, :, 56, 56].numpy()
+    assert np.abs(levels[:4] - 20 * 2.5 * np.arange(4)).max() <= 2
+    assert np.all(levels[4:] == 0)  # 10 and 12.5 frames are past the end
+    synthetic = np.arange(5, dtype=np.float32).reshape(1, 5, 1, 1)
+    clip, valid = sample_clip(synthetic, 1, 3, 1.5)
+    assert valid == 3 and np.allclose(clip.ravel(), [1.0, 2.5, 4.0])
+
+
+def test_normalisation_with_train_statistics_is_cached(phantom_root, monkeypatch):
+    stats = channel_stats(phantom_root)
+    assert len(stats["mean"]) == 3 and all(0 < m < 255 for m in stats["mean"]) and all(s > 0 for s in stats["std"])
+    import echodiff.data.echonet as echonet
+
+    monkeypatch.setattr(echonet, "EchoNetDynamic", None)  # a second call must not read videos again
+    assert channel_stats(phantom_root) == stats
+    monkeypatch.undo()
+    data = EchoNetDynamic(phantom_root, "train", length=None, max_length=None, period=1, mean="train", std="train")
+    video, _ = data[0]
+    raw = torch.from_numpy(data.video(0).astype(np.float32))
+    expected = (raw - torch.tensor(stats["mean"]).view(3, 1, 1, 1)) / torch.tensor(stats["std"]).view(3, 1, 1, 1)
+    assert torch.allclose(video, expected[:, : video.shape[1]], atol=1e-4)
+
+
+def test_pad_crop_keeps_size_and_shifts_content(phantom_root):
+    torch.manual_seed(1)
+    data = EchoNetDynamic(phantom_root, "train", length=4, pad=12)
+    shifted = [data[0][0] for _ in range(4)]
+    assert all(v.shape == (3, 4, 112, 112) for v in shifted)
+
+
+def test_diffusion_view(phantom_root):
+    data = DiffusionClips(phantom_root, "train", frames=64, fps=32)
+    anatomy, ef, clip = data[0]
+    assert anatomy.shape == (3, 112, 112) and clip.shape == (3, 64, 112, 112)
+    assert 0.0 <= float(clip.min()) and float(clip.max()) <= 1.0
+    assert 0 < float(ef) < 100
+    assert any(torch.equal(anatomy, clip[:, t]) for t in range(64))
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    anatomy, ef, clip = next(iter(loader))
+    assert anatomy.shape == (2, 3, 112, 112) and ef.shape == (2,) and clip.shape == (2, 3, 64, 112, 112)
+
+
+def test_seeded_clips_are_reproducible(phantom_root):
+    data = EchoNetDynamic(phantom_root, "train", length=8)
+    torch.manual_seed(7)
+    a = data[0][0]
+    torch.manual_seed(7)
+    assert torch.equal(a, data[0][0])
+
+
+def test_video_cache_decodes_once(phantom_root, tmp_path):
+    path = next((phantom_root / "Videos").iterdir())
+    cache = VideoCache(tmp_path / "cache")
+    first = cache.load(path)
+    again = cache.load(path)
+    assert isinstance(again, np.memmap) and np.array_equal(first, again) and np.array_equal(first, read_video(path))
+    data = EchoNetDynamic(phantom_root, "train", cache=tmp_path / "cache2")
+    assert torch.equal(data[0][1], EchoNetDynamic(phantom_root, "train")[0][1])
+    assert len(list((tmp_path / "cache2").glob("*.npy"))) == 1
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+
+def test_missing_root_and_filelist(tmp_path):
+    with pytest.raises(DatasetError, match="dataset folder not found.*echodiff.phantom"):
+        EchoNetDynamic(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="FileList.csv not found"):
+        EchoNetDynamic(tmp_path)
+
+
+def test_missing_column(phantom_copy):
+    filelist = pd.read_csv(phantom_copy / "FileList.csv").drop(columns=["EF"])
+    filelist.to_csv(phantom_copy / "FileList.csv", index=False)
+    with pytest.raises(DatasetError, match=r"missing column\(s\) \['EF'\]"):
+        EchoNetDynamic(phantom_copy)
+
+
+def test_unparseable_csv(phantom_copy):
+    (phantom_copy / "FileList.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DatasetError, match="FileList.csv"):
+        EchoNetDynamic(phantom_copy)
+
+
+def _edit(root, index, **values):
+    filelist = pd.read_csv(root / "FileList.csv")
+    for column, value in values.items():
+        filelist[column] = filelist[column].astype(object)
+        filelist.loc[index, column] = value
+    filelist.to_csv(root / "FileList.csv", index=False)
+    return filelist
+
+
+@pytest.mark.parametrize(("value", "message"), [(120.0, "outside 0-100"), (float("nan"), "missing or not a number"),
+                                                ("abc", "missing or not a number")])
+def test_bad_ef_names_file_row_and_fix(phantom_copy, value, message):
+    filelist = _edit(phantom_copy, 2, EF=value)
+    with pytest.raises(DatasetError, match=message) as info:
+        EchoNetDynamic(phantom_copy, "all")
+    assert "line 4" in str(info.value) and filelist.FileName[2] in str(info.value)
+    assert "skip_invalid=True" in str(info.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = EchoNetDynamic(phantom_copy, "all", skip_invalid=True)
+    assert len(data) == len(filelist) - 1 and list(data.skipped.FileName) == [filelist.FileName[2]]
+
+
+def test_missing_video(phantom_copy):
+    filelist = pd.read_csv(phantom_copy / "FileList.csv")
+    (phantom_copy / "Videos" / f"{filelist.FileName[0]}.avi").unlink()
+    with pytest.raises(DatasetError, match=f"{filelist.FileName[0]}.avi not found"):
+        EchoNetDynamic(phantom_copy, "all")
+
+
+def test_corrupt_and_truncated_videos(phantom_copy):
+    filelist = pd.read_csv(phantom_copy / "FileList.csv")
+    corrupt = phantom_copy / "Videos" / f"{filelist.FileName[0]}.avi"
+    corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    truncated = phantom_copy / "Videos" / f"{filelist.FileName[1]}.avi"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    for path in (corrupt, truncated):
+        with pytest.raises(VideoError, match=path.name):
+            read_video(path)
+    data = EchoNetDynamic(phantom_copy, "all")  # cheap checks pass; the read names the file
+    index = int(data.filelist.index[data.filelist.FileName == filelist.FileName[1]][0])
+    with pytest.raises(VideoError, match=rf"{truncated.name}.*(truncated|cannot open|no frame)"):
+        data[index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = EchoNetDynamic(phantom_copy, "all", skip_invalid=True)
+    assert sorted(data.skipped.FileName) == sorted(filelist.FileName[:2])
+    assert len(data) == len(filelist) - 2
+
+
+def test_frame_size_differs_from_csv(phantom_copy):
+    filelist = _edit(phantom_copy, 0, FrameHeight=128)
+    data = EchoNetDynamic(phantom_copy, "all")
+    index = int(data.filelist.index[data.filelist.FileName == filelist.FileName[0]][0])
+    with pytest.raises(DatasetError, match="frames are 112x112 but FileList.csv line 2 says FrameHeight=128"):
+        data[index]
+
+
+def test_unambiguous_variants_are_accepted_and_reported(phantom_copy):
+    filelist = pd.read_csv(phantom_copy / "FileList.csv")
+    filelist["FileName"] = filelist.FileName + ".avi"
+    filelist["Split"] = filelist.Split.str.lower()
+    filelist.to_csv(phantom_copy / "FileList.csv", index=False)
+    with pytest.warns(UserWarning) as record:
+        data = EchoNetDynamic(phantom_copy, "train")
+    messages = " ".join(str(w.message) for w in record)
+    assert "carry '.avi'" in messages and "upper case" in messages
+    assert len(data) == (filelist.Split == "train").sum()
+    assert not data.filelist.FileName.str.endswith(".avi").any()
+    data[0]
+
+
+def test_missing_tracings_only_matter_for_trace_targets(phantom_copy):
+    tracings = pd.read_csv(phantom_copy / "VolumeTracings.csv")
+    first = tracings.FileName.iloc[0]
+    tracings[tracings.FileName != first].to_csv(phantom_copy / "VolumeTracings.csv", index=False)
+    assert len(EchoNetDynamic(phantom_copy, "all")) == 16
+    with pytest.raises(DatasetError, match="fewer than 2 traced frames"):
+        EchoNetDynamic(phantom_copy, "all", target_type="LargeTrace")
+
+
+def test_bad_arguments(phantom_root):
+    with pytest.raises(DatasetError, match="split must be one of"):
+        EchoNetDynamic(phantom_root, "training")
+    with pytest.raises(DatasetError, match="unknown target_type"):
+        EchoNetDynamic(phantom_root, target_type="Volume")
+    with pytest.raises(DatasetError, match="mean must be"):
+        EchoNetDynamic(phantom_root, mean=[1.0, 2.0])

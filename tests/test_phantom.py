@@ -1,0 +1,144 @@
+"""The phantom: EchoNet-Dynamic's exact on-disk format, and an EF that is what the pixels show."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from echodiff import phantom
+from echodiff.data import disc_volume, read_tracings, read_video
+from tests.conftest import PHANTOM_N, PHANTOM_SEED
+
+
+def test_files_and_headers_are_echonet_format(phantom_root):
+    with open(phantom_root / "FileList.csv") as f:
+        assert f.readline().strip() == "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
+    with open(phantom_root / "VolumeTracings.csv") as f:
+        assert f.readline().strip() == "FileName,X1,Y1,X2,Y2,Frame"
+    filelist = pd.read_csv(phantom_root / "FileList.csv")
+    assert len(filelist) == PHANTOM_N
+    assert filelist.FileName.str.fullmatch(r"0X[0-9A-F]{16}").all()  # no ".avi", EchoNet-style ids
+    assert set(filelist.Split) <= {"TRAIN", "VAL", "TEST"} and {"TRAIN", "VAL", "TEST"} <= set(filelist.Split)
+    assert sorted(p.name for p in (phantom_root / "Videos").iterdir()) == sorted(filelist.FileName + ".avi")
+    tracings = pd.read_csv(phantom_root / "VolumeTracings.csv")
+    assert tracings.FileName.str.endswith(".avi").all()
+    for name, rows in tracings.groupby("FileName"):
+        frames = list(dict.fromkeys(rows.Frame))  # order of appearance
+        assert len(frames) == 2
+        assert all((rows.Frame == f).sum() == 21 for f in frames)
+        es, ed = (rows[rows.Frame == f][["X1", "Y1", "X2", "Y2"]].to_numpy() for f in frames)
+        assert disc_volume(es) < disc_volume(ed), f"{name}: ES must be listed first, ED last"
+
+
+def test_videos_match_their_csv_rows(phantom_root):
+    filelist = pd.read_csv(phantom_root / "FileList.csv")
+    assert filelist.NumberOfFrames.nunique() > 1 and filelist.NumberOfFrames.min() >= 24
+    for row in filelist.itertuples():
+        path = phantom_root / "Videos" / f"{row.FileName}.avi"
+        capture = cv2.VideoCapture(str(path))
+        fourcc = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        capture.release()
+        assert fourcc == "MJPG"
+        assert fps == pytest.approx(row.FPS)
+        video = read_video(path)
+        assert video.shape == (3, row.NumberOfFrames, 112, 112)
+        assert (row.FrameHeight, row.FrameWidth) == (112, 112)
+        # grey copied into 3 channels (JPEG chroma rounding allowed)
+        assert np.abs(video[0].astype(int) - video[2].astype(int)).max() <= 3
+
+
+def test_ef_agrees_with_tracings_and_rendered_masks(phantom_root):
+    """EF from VolumeTracings.csv (method of discs) and from the rendered LV masks agree with the CSV within 1."""
+    filelist = pd.read_csv(phantom_root / "FileList.csv").set_index("FileName")
+    tracings = read_tracings(phantom_root)
+    hearts, _ = phantom.hearts(PHANTOM_N, PHANTOM_SEED)
+    ys, xs = np.mgrid[:112, :112]
+    for heart in hearts:
+        row = filelist.loc[heart.file_name]
+        frames = tracings[heart.file_name]
+        es_frame, ed_frame = list(frames)
+        ed, es = disc_volume(frames[ed_frame]), disc_volume(frames[es_frame])
+        assert 100 * (ed - es) / ed == pytest.approx(row.EF, abs=1.0)
+        # Masks: a half-ellipse of area A and cross-axis variance s^2 has volume 8/3 A s (independent of tracings).
+        volumes = []
+        for frame in (ed_frame, es_frame):
+            w = phantom.lv_coverage(heart, frame).ravel()
+            pts = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+            centred = pts - (w[:, None] * pts).sum(0) / w.sum()
+            cov = (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0) / w.sum()
+            volumes.append(8 / 3 * w.sum() * np.sqrt(np.linalg.eigvalsh(cov)[0]))
+        assert 100 * (volumes[0] - volumes[1]) / volumes[0] == pytest.approx(row.EF, abs=1.0)
+        assert row.EF == pytest.approx(100 * (row.EDV - row.ESV) / row.EDV, abs=1e-3)
+
+
+def test_decoded_video_shows_the_lv_beating(phantom_root):
+    """In the AVI itself the LV cavity is dark against its wall, and larger at ED than at ES."""
+    tracings = read_tracings(phantom_root)
+    hearts, _ = phantom.hearts(PHANTOM_N, PHANTOM_SEED)
+    for heart in hearts[:6]:
+        video = read_video(phantom_root / "Videos" / f"{heart.file_name}.avi")[0].astype(float)
+        es_frame, ed_frame = list(tracings[heart.file_name])
+        dark_area = {}
+        for frame in (ed_frame, es_frame):
+            cavity = phantom.lv_coverage(heart, frame) > 0.99
+            ring = cv2.dilate(cavity.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~cv2.dilate(
+                cavity.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            assert video[frame][cavity].mean() < 0.5 * video[frame][ring].mean()
+            near_lv = cv2.dilate(cavity.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+            dark_area[frame] = (video[frame][near_lv | cavity] < 20).sum()
+        assert dark_area[ed_frame] > dark_area[es_frame]
+
+
+def test_ef_distribution_and_splits_like_echonet():
+    ef = phantom.sample_ef(np.random.default_rng(0), 20000)
+    assert 54.0 < ef.mean() < 57.5 and 11.0 < ef.std() < 14.0
+    assert ef.min() >= 7.0 and ef.max() <= 97.0
+    assert ((ef - ef.mean()) ** 3).mean() < 0  # negative skew: the long low-EF tail
+    labels = phantom.assign_splits(10030, np.random.default_rng(0))
+    assert {s: int((labels == s).sum()) for s in ("TRAIN", "VAL", "TEST")} == {"TRAIN": 7465, "VAL": 1288,
+                                                                              "TEST": 1277}
+
+
+def test_anatomy_and_heart_rate_vary_within_ranges():
+    params = phantom.heart_parameters(200, 0)
+    assert params.heart_rate.between(50, 120).all()
+    assert (params.n_frames / params.fps >= 2 * 60 / params.heart_rate).all()  # >= 2 heart cycles
+    for column in ("apex_x", "apex_y", "tilt", "length_ed", "wall", "cm_per_px"):
+        assert params[column].std() > 0
+    assert (params.fps == 50).mean() > 0.6 and params.fps.nunique() > 3
+
+
+def test_deterministic_for_a_seed_and_resumes(tmp_path, phantom_root):
+    again = tmp_path / "again"
+    phantom.write_phantom(again, n=PHANTOM_N, seed=PHANTOM_SEED, workers=1)
+    for name in ("FileList.csv", "VolumeTracings.csv"):
+        assert (again / name).read_bytes() == (phantom_root / name).read_bytes()
+    first = sorted((again / "Videos").iterdir())[0]
+    assert first.read_bytes() == (phantom_root / "Videos" / first.name).read_bytes()
+    # Interrupted run: one video gone, CSVs not yet written -> re-run completes, keeps the rest untouched.
+    victim, kept = sorted((again / "Videos").iterdir())[:2]
+    victim.unlink()
+    (again / "FileList.csv").unlink()
+    kept_mtime = kept.stat().st_mtime_ns
+    phantom.write_phantom(again, n=PHANTOM_N, seed=PHANTOM_SEED, workers=1)
+    assert victim.read_bytes() == (phantom_root / "Videos" / victim.name).read_bytes()
+    assert kept.stat().st_mtime_ns == kept_mtime
+    assert not [p for p in (again / "Videos").iterdir() if p.name.startswith(".")]  # no temporary files left
+    other = phantom.heart_parameters(PHANTOM_N, PHANTOM_SEED + 1)
+    assert not set(other.file_name) & set(pd.read_csv(again / "FileList.csv").FileName)
+
+
+def test_cli_writes_a_phantom(tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "echodiff.phantom", "--out", str(out), "--n", "3", "--seed", "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "videos/s" in proc.stdout
+    assert len(pd.read_csv(out / "FileList.csv")) == 3
+    bad = subprocess.run([sys.executable, "-m", "echodiff.phantom", "--out", str(out), "--n", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "at least 3 videos" in bad.stderr
