@@ -28,10 +28,11 @@ from echodiff.config import load_params, repo_root, resolve_path
 
 
 def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
-                 overrides: list[str] | None = None) -> dict[str, Any]:
+                 overrides: list[str] | None = None, out: str | Path = "runs") -> dict[str, Any]:
     """Execute the pipeline's stages; return ``{"run_id": parent id, "stages": {name: child run id}}``.
 
-    Raises ``papermill.PapermillExecutionError`` (with the failing cell's error) when a stage fails.
+    Executed notebooks go to ``out/<parent run id>/``. Raises ``papermill.PapermillExecutionError`` (with the
+    failing cell's error) when a stage fails.
     """
     spec = load_params(pipeline_file)
     experiment = spec.get("experiment", tracking.DEFAULT_EXPERIMENT)
@@ -45,7 +46,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
     with mlflow.start_run(run_name="pipeline") as parent:
         result["run_id"] = parent.info.run_id
         mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(s["name"] for s in stages)})
-        out_dir = repo_root() / "runs" / parent.info.run_id
+        out_dir = resolve_path(out) / parent.info.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
         for stage in stages:
             params = load_params(stage.get("params"), overrides)
@@ -79,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these stages")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a notebook parameter of the stages run (repeatable)")
+    parser.add_argument("--out", default="runs", help="folder for executed notebooks (default runs/)")
     args = parser.parse_args(argv)
     try:
-        result = run_pipeline(args.file, only=args.only, overrides=args.param)
+        result = run_pipeline(args.file, only=args.only, overrides=args.param, out=args.out)
     except papermill.PapermillExecutionError as exc:
         print(f"pipeline: stage failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", file=sys.stderr)
         return 1

@@ -1,0 +1,106 @@
+"""The MLflow store location and the papermill pipeline runner, as real processes on a real SQLite store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from echodiff import tracking
+from echodiff.config import load_params, repo_root
+
+
+def test_default_store_is_the_repos_mlruns_whatever_the_cwd(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("ECHODIFF_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlruns' / 'mlflow.db'}"
+    with tracking.stage_run("unit", {"alpha": 1, "names": ["a", "b"]}, experiment="store-test") as run:
+        tracking.log_table(pd.DataFrame({"x": [1, 2]}), "table.csv")
+    stored = tmp_path / "home" / "mlruns" / "artifacts" / run.info.run_id / "artifacts" / "table.csv"
+    assert pd.read_csv(stored).x.tolist() == [1, 2]
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+    finished = mlflow.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.params == {"alpha": "1", "names": "['a', 'b']"}
+    assert finished.data.tags["echodiff.stage"] == "unit"
+
+
+def test_failing_stage_body_marks_run_failed(tmp_path):
+    with pytest.raises(RuntimeError), tracking.stage_run("boom", {}, experiment="store-test") as run:
+        raise RuntimeError("boom")
+    assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_load_params_overrides(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("a: 1\nb: text\n")
+    assert load_params(path, ["a=2", "c=[1, 2]"]) == {"a": 2, "b": "text", "c": [1, 2]}
+    with pytest.raises(ValueError, match="key=value"):
+        load_params(path, ["oops"])
+    with pytest.raises(FileNotFoundError, match="parameter file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def _pipeline(tmp_path: Path, **params) -> Path:
+    stage_params = tmp_path / "data.yaml"
+    stage_params.write_text(yaml.safe_dump(params))
+    spec = {"experiment": "pipeline-test", "stages": [
+        {"name": "data", "notebook": "notebooks/00_data.ipynb", "params": str(stage_params)}]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'store.db'}")
+    return subprocess.run([sys.executable, "-m", "echodiff.pipeline", *args, "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+
+
+def test_pipeline_runs_notebook_00_with_nested_run(tmp_path):
+    root = tmp_path / "phantom"
+    proc = _run(["-f", str(_pipeline(tmp_path, data_root=str(root), phantom_videos=6, phantom_seed=4))], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(pd.read_csv(root / "FileList.csv")) == 6
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        runs = mlflow.search_runs(experiment_names=["pipeline-test"])
+        parent = runs[runs["tags.mlflow.runName"] == "pipeline"].iloc[0]
+        child = runs[runs["tags.mlflow.runName"] == "data"].iloc[0]
+        assert child["tags.mlflow.parentRunId"] == parent.run_id
+        assert child.status == "FINISHED" and child["params.phantom_videos"] == "6"
+        assert child["metrics.ef_tracing_max_abs_diff"] < 1e-3 and child["metrics.stage_seconds"] > 0
+        artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(child.run_id)}
+        assert {"FileList.csv", "ef_histogram.png", "frames.png", "00_data.ipynb"} <= artifacts
+        assert any(a.endswith("_tracing.gif") for a in artifacts)
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    assert (tmp_path / "runs" / parent.run_id / "00_data.ipynb").is_file()
+
+
+def test_failing_stage_stops_with_the_cells_error(tmp_path):
+    proc = _run(["-f", str(_pipeline(tmp_path, data_root=str(tmp_path / "absent"), make_phantom=False))], tmp_path)
+    assert proc.returncode == 1
+    assert "DatasetError" in proc.stderr and "dataset folder not found" in proc.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        runs = mlflow.search_runs(experiment_names=["pipeline-test"])
+        child = runs[runs["tags.mlflow.runName"] == "data"].iloc[0]
+        assert child.status == "FAILED"
+        assert "00_data.ipynb" in {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(child.run_id)}
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path):
+    proc = _run(["-f", str(_pipeline(tmp_path)), "--only", "nope"], tmp_path)
+    assert proc.returncode == 2 and "unknown stage(s) ['nope']" in proc.stderr
+
+
+def test_repo_root_is_the_checkout():
+    assert (repo_root() / "pyproject.toml").is_file() and (repo_root() / "notebooks" / "00_data.ipynb").is_file()
