@@ -144,10 +144,12 @@ def clip_positions(n_frames: int, length: int | None, step: float, max_length: i
 
 
 def sample_clip(video: np.ndarray, start: int, length: int, step: float) -> tuple[np.ndarray, int]:
-    """Frames ``start + k * step`` (k < length) of float ``(C, F, H, W)``; return ``((C, T, H, W), valid)``.
+    """Frames ``start + k * step`` (k < length) of ``(C, F, H, W)`` (any dtype); return float32
+    ``((C, T, H, W), valid)``.
 
-    Fractional positions are linearly interpolated between neighbouring frames; positions past the last frame
-    are zeros (padding), and ``valid`` counts the frames that are not padding.
+    Only the frames needed are read (cheap on a memory-mapped video). Fractional positions are linearly
+    interpolated between neighbouring frames; positions past the last frame are zeros (padding), and ``valid``
+    counts the frames that are not padding.
     """
     c, f, h, w = video.shape
     pos = start + step * np.arange(length)
@@ -158,12 +160,11 @@ def sample_clip(video: np.ndarray, start: int, length: int, step: float) -> tupl
     p = pos[:valid]
     lo = np.floor(p + 1e-6).astype(int).clip(0, f - 1)
     frac = (p - lo).astype(np.float32)
-    if np.all(frac < 1e-6):
-        out[:, :valid] = video[:, lo]
-    else:
+    out[:, :valid] = video[:, lo]
+    if np.any(frac >= 1e-6):
         hi = np.minimum(lo + 1, f - 1)
         frac = frac[None, :, None, None]
-        out[:, :valid] = (1.0 - frac) * video[:, lo] + frac * video[:, hi]
+        out[:, :valid] += frac * (video[:, hi].astype(np.float32) - out[:, :valid])
     return out, valid
 
 
@@ -327,15 +328,17 @@ class EchoNetDynamic(torch.utils.data.Dataset):
     def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Normalised clip(s) of item ``index``: float32 ``(n, C, T, H, W)`` and the valid (unpadded) frame counts."""
         raw = self.video(index)
-        video = (raw.astype(np.float32) - self.mean) / self.std
         step = self.step(index)
-        length, n_starts = clip_positions(video.shape[1], self.length, step, self.max_length)
+        length, n_starts = clip_positions(raw.shape[1], self.length, step, self.max_length)
         if self.clips == "all":
             starts = np.arange(n_starts)
         else:
             starts = torch.randint(n_starts, (self.clips,)).numpy()
-        clips, valid = zip(*(sample_clip(video, int(s), length, step) for s in starts), strict=True)
+        clips, valid = zip(*(sample_clip(raw, int(s), length, step) for s in starts), strict=True)
         out = np.stack(clips)
+        for clip, n in zip(out, valid, strict=True):  # normalise real frames only: padding stays 0 (= the mean)
+            clip[:, :n] -= self.mean
+            clip[:, :n] /= self.std
         if self.pad:
             out = self._pad_crop(out)
         return out, np.array(valid)
