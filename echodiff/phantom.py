@@ -434,6 +434,14 @@ def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: 
     return filelist
 
 
+def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0) -> bool:
+    """Write a phantom of ``n`` videos at ``root`` unless it already holds a ``FileList.csv``; True if written."""
+    if (Path(root) / "FileList.csv").is_file():
+        return False
+    write_phantom(root, n=n, seed=seed)
+    return True
+
+
 def heart_parameters(n: int, seed: int) -> pd.DataFrame:
     """Every drawn parameter of a phantom's hearts, one row per video (for inspection and tests)."""
     all_hearts, splits = hearts(n, seed)

@@ -15,6 +15,7 @@ written to ``runs/<parent run id>/`` and logged to the child run, also when the 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
             start = time.perf_counter()
             try:
                 papermill.execute_notebook(str(notebook), str(executed), parameters=params,
-                                           cwd=str(repo_root()), progress_bar=True)
+                                           cwd=str(repo_root()), progress_bar=False, log_output=True)
             except BaseException:
                 client.log_artifact(run_id, str(executed))
                 client.set_terminated(run_id, "FAILED")
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a notebook parameter of the stages run (repeatable)")
     parser.add_argument("--out", default="runs", help="folder for executed notebooks (default runs/)")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)  # stream each cell's output as the stage runs
     try:
         result = run_pipeline(args.file, only=args.only, overrides=args.param, out=args.out)
     except papermill.PapermillExecutionError as exc:

@@ -27,6 +27,32 @@ def ef_histogram(filelist: pd.DataFrame, binwidth: float = 2.5) -> plt.Figure:
     return grid.figure
 
 
+def ef_scatter(predictions: pd.DataFrame) -> plt.Figure:
+    """Regressed vs reference EF (%), one colour per split, with the identity line."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    sns.scatterplot(predictions, x="EF", y="EF_pred", hue="Split", s=18, ax=ax)
+    low, high = 0.0, 100.0
+    ax.plot([low, high], [low, high], "k--", lw=0.8)
+    ax.set(xlim=(low, high), ylim=(low, high), xlabel="reference EF (%)", ylabel="regressed EF (%)")
+    fig.tight_layout()
+    return fig
+
+
+def bland_altman(predictions: pd.DataFrame) -> plt.Figure:
+    """Bland-Altman plot: difference (regressed - reference EF) against their mean, with bias and 95 % limits."""
+    frame = predictions.assign(mean=(predictions.EF + predictions.EF_pred) / 2,
+                               diff=predictions.EF_pred - predictions.EF)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    sns.scatterplot(frame, x="mean", y="diff", hue="Split", s=18, ax=ax)
+    bias, sd = frame["diff"].mean(), frame["diff"].std()
+    for y, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
+        ax.axhline(y, color="k", lw=0.8, ls=style)
+    ax.set(xlabel="mean of reference and regressed EF (%)", ylabel="regressed - reference EF (%)",
+           title=f"bias {bias:.2f}, 95% limits ±{1.96 * sd:.2f}")
+    fig.tight_layout()
+    return fig
+
+
 def frame_grid(videos: list[np.ndarray], titles: list[str], frames: int = 4) -> plt.Figure:
     """Rows of ``frames`` evenly spaced frames, one row per uint8 ``(3, T, H, W)`` video."""
     fig, axes = plt.subplots(len(videos), frames, figsize=(1.6 * frames, 1.7 * len(videos)), squeeze=False)

@@ -60,22 +60,37 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     return experiment_id
 
 
-@contextlib.contextmanager
-def stage_run(
-    stage: str,
-    params: dict[str, Any],
-    run_id: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
-) -> Iterator[mlflow.ActiveRun]:
-    """The MLflow run of one stage: resumes ``run_id`` (created by the pipeline runner) or starts a new run
-    named ``stage``; logs ``params``; ends the run (FAILED if the body raised)."""
+def start_stage(
+    stage: str, params: dict[str, Any], run_id: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+) -> mlflow.ActiveRun:
+    """Start the MLflow run of one stage: resume ``run_id`` (created by the pipeline runner) or start a new run
+    named ``stage``; log ``params``. End it with :func:`end_stage` (notebooks: first and last cell)."""
     setup(experiment)
     if mlflow.active_run() is not None:  # a notebook re-run interactively
         mlflow.end_run()
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else stage) as run:
-        mlflow.set_tag("echodiff.stage", stage)
-        log_params(params)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage)
+    mlflow.set_tag("echodiff.stage", stage)
+    log_params(params)
+    return run
+
+
+def end_stage(status: str = "FINISHED") -> None:
+    """End the active stage run with ``status`` (FINISHED or FAILED)."""
+    mlflow.end_run(status)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, params: dict[str, Any], run_id: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+) -> Iterator[mlflow.ActiveRun]:
+    """:func:`start_stage` ... :func:`end_stage` as a context manager (FAILED if the body raises)."""
+    run = start_stage(stage, params, run_id, experiment)
+    try:
         yield run
+    except BaseException:
+        end_stage("FAILED")
+        raise
+    end_stage()
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -109,3 +124,12 @@ def log_file(path: str | os.PathLike, artifact_path: str | None = None, run_id: 
         mlflow.log_artifact(str(path), artifact_path)
     else:
         mlflow.tracking.MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_torch_model(model: Any, example: Any, name: str = "model") -> None:
+    """Log a PyTorch module with ``mlflow.pytorch`` under ``name`` in the active run; ``example`` is one input
+    array, e.g. ``(1, 3, T, H, W)``, recorded with the model's signature. The "pickle" format is used because
+    "pt2" (``torch.export``) fixes the batch size to the example's; loading needs ``echodiff`` importable."""
+    import mlflow.pytorch
+
+    mlflow.pytorch.log_model(model, name=name, input_example=example, serialization_format="pickle")

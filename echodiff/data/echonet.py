@@ -180,7 +180,8 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         period: take every ``period``-th frame (ignored when ``fps`` is given).
         fps: if set, resample clips to this frame rate by linear interpolation (source rate from the CSV's FPS
             column, else the video header).
-        clips: number of random clips per video, or ``"all"`` (then the video is ``(n, C, T, H, W)``).
+        clips: number of random clips per video, ``"first"`` (one clip starting at frame 0: deterministic
+            evaluation), or ``"all"`` (every start; then the video is ``(n, C, T, H, W)``).
         max_length: cap on ``length``.
         pad: pixels of zero padding on each side before a random crop of the original size (augmentation).
         mean, std: per-channel (length 3) or scalar normalisation applied to 0-255 values, or ``"train"`` to use
@@ -219,8 +220,8 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         unknown = [t for t in self.target_type if t not in TARGETS]
         if unknown:
             raise DatasetError(f"unknown target_type {unknown}; choose from {list(TARGETS)}")
-        if clips != "all" and (not isinstance(clips, int) or clips < 1):
-            raise DatasetError(f"clips must be a positive int or 'all', got {clips!r}")
+        if clips not in ("all", "first") and (not isinstance(clips, int) or clips < 1):
+            raise DatasetError(f"clips must be a positive int, 'first' or 'all', got {clips!r}")
         if period < 1 or (length is not None and length < 1):
             raise DatasetError(f"length and period must be positive, got length={length}, period={period}")
         self.length, self.period, self.clips, self.max_length, self.pad, self.fps = (
@@ -332,6 +333,8 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         length, n_starts = clip_positions(raw.shape[1], self.length, step, self.max_length)
         if self.clips == "all":
             starts = np.arange(n_starts)
+        elif self.clips == "first":
+            starts = np.zeros(1, int)
         else:
             starts = torch.randint(n_starts, (self.clips,)).numpy()
         clips, valid = zip(*(sample_clip(raw, int(s), length, step) for s in starts), strict=True)
@@ -378,7 +381,7 @@ class EchoNetDynamic(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, object]:
         clips, _ = self.clip(index)
-        video = torch.from_numpy(np.ascontiguousarray(clips[0] if self.clips == 1 else clips))
+        video = torch.from_numpy(np.ascontiguousarray(clips[0] if self.clips in (1, "first") else clips))
         return video, self.target(index)
 
 

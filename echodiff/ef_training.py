@@ -1,0 +1,330 @@
+"""The EF-regressor trainer shared by every regressor of the project (reference, balanced, resampled).
+
+Config by plain fields (``EFTrainConfig``), filled from a params YAML. Defaults are the seed's
+``config_reference`` (EchoDiffusion ``ef_regression/config_reference/ef_112_32_2.yaml`` + ``model.py``):
+2-s clips resampled to 32 fps (64 frames, zero-padded when short), 112 px, inputs in [0, 1], Pad(12) +
+RandomCrop(112) for training, Adam lr 1e-4 without schedule, batch 16, 100 epochs, MSE on EF in %, fp16,
+output bias 55.6, best-on-VAL checkpoint.
+
+Checkpoints (``last.pt`` every epoch, ``best.pt`` on a new best VAL loss) are written atomically and hold
+model, optimizer, scheduler, epoch, RNG states and history: an interrupted run resumes at the next epoch.
+Runs on one device or, under ``accelerate launch``, on several (only the main process logs and writes).
+
+    accelerate launch -m echodiff.ef_training -f params/ef_reference.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from echodiff import tracking
+from echodiff.config import load_params, resolve_path
+from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
+from echodiff.io import atomic_path
+from echodiff.metrics import regression_metrics
+from echodiff.models.ef_regressor import EFRegressor, build_ef_regressor, regressor_from_checkpoint
+
+
+@dataclass
+class EFTrainConfig:
+    """Everything that defines an EF-regressor training run (units: frames, px, EF %)."""
+
+    data_root: str = "data/phantom"
+    frames: int = 64  # clip length
+    fps: float | None = 32.0  # resample clips to this rate by linear interpolation; None: every `period` frames
+    period: int = 2
+    image_size: int = 112  # clips are resized to this (area averaging) after augmentation
+    pad: int | None = 12  # training augmentation: zero-pad then random crop back to 112 px
+    width: int = 64  # R(2+1)D channel width; 64 = torchvision's r2plus1d_18
+    pretrained: str | None = None  # "kinetics" (local torch cache), a path, or None
+    normalize: str = "none"  # none: the model sees [0, 1]; train: per-channel TRAIN mean/std (EchoNet's recipe)
+    bias: float | None = 55.6  # initial EF head bias (%); None: the TRAIN mean EF
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    lr_step_period: int | None = None  # StepLR(gamma 0.1) every this many epochs; None: constant lr
+    batch_size: int = 16
+    epochs: int = 100
+    mixed_precision: str = "fp16"  # no | fp16 | bf16 (fp16 falls back to no on a CPU)
+    num_workers: int = 4
+    seed: int = 42
+    eval_protocol: str = "single"  # single: the 2-s window at frame 0 (the seed's); all: mean over every window
+    eval_batch_size: int = 16
+    cache_dir: str | None = None  # decoded-video cache folder (None: decode every epoch)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> EFTrainConfig:
+        """The config from a parameter mapping; unknown keys are ignored, wrong ones raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    def dataset(self, split: str, train: bool, clips: int | str = 1) -> EchoNetDynamic:
+        """The clips this config trains or evaluates on, in [0, 1]."""
+        return EchoNetDynamic(
+            resolve_path(self.data_root), split, target_type=["EF", "FileName"], length=self.frames,
+            period=self.period, fps=self.fps, clips=clips, max_length=None, mean=0.0, std=255.0,
+            pad=self.pad if train else None, cache=resolve_path(self.cache_dir) if self.cache_dir else None)
+
+
+def _resize(video: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, T, H, W)`` -> ``(B, C, T, size, size)`` by area averaging (no-op at the same size)."""
+    if video.shape[-1] == size and video.shape[-2] == size:
+        return video
+    b, c, t, h, w = video.shape
+    frames = video.transpose(1, 2).reshape(b * t, c, h, w)
+    frames = F.interpolate(frames, size=(size, size), mode="area")
+    return frames.reshape(b, t, c, size, size).transpose(1, 2)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename: a checkpoint is whole or absent."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` (CPU tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _check_splits(cfg: EFTrainConfig) -> float:
+    """Fail clearly when TRAIN or VAL is empty; return the TRAIN mean EF (%)."""
+    root = resolve_path(cfg.data_root)
+    filelist, _ = read_filelist(root)
+    counts = filelist["Split"].value_counts()
+    for split in ("TRAIN", "VAL"):
+        if counts.get(split, 0) == 0:
+            raise DatasetError(f"{root / 'FileList.csv'}: no {split} rows; the EF regressor needs TRAIN and VAL "
+                               f"videos (found {counts.to_dict()}). Fix the Split column.")
+    return float(pd.to_numeric(filelist.loc[filelist.Split == "TRAIN", "EF"], errors="coerce").mean())
+
+
+def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: bool = True,
+                       stop_after_epochs: int | None = None) -> tuple[EFRegressor, pd.DataFrame]:
+    """Train (or resume) and return the best-on-VAL regressor and the per-epoch history.
+
+    Logs ``train_loss``, ``val_loss`` and ``lr`` per epoch to the active MLflow run, if any (main process).
+    ``stop_after_epochs`` ends this call early after that many epochs (the checkpoint allows resuming).
+    """
+    checkpoint_dir = resolve_path(checkpoint_dir)
+    train_mean = _check_splits(cfg)
+    precision = cfg.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        print("ef_training: fp16 needs a GPU; training in fp32 on the CPU")
+        precision = "no"
+    accelerator = Accelerator(mixed_precision=precision)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    bias = train_mean if cfg.bias is None else cfg.bias
+    mean, std = (0.0,) * 3, (1.0,) * 3
+    if cfg.normalize == "train":
+        stats = channel_stats(resolve_path(cfg.data_root))
+        mean, std = tuple(m / 255 for m in stats["mean"]), tuple(s / 255 for s in stats["std"])
+    elif cfg.normalize != "none":
+        raise ValueError(f"normalize must be 'none' or 'train', got {cfg.normalize!r}")
+    model = build_ef_regressor(cfg.width, bias, cfg.pretrained, mean, std)
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_period or 10**9, gamma=0.1)
+    start_epoch, best_val, history = 0, float("inf"), []
+    last = checkpoint_dir / "last.pt"
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        if state.get("model_config") != model.config:
+            raise ValueError(f"{last}: checkpoint is for {state.get('model_config')}, this run builds "
+                             f"{model.config}; use another checkpoint_dir or resume=False")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_val, history = state["epoch"] + 1, state["best_val_loss"], state["history"]
+        _set_rng_state(state["rng"])
+        accelerator.print(f"ef_training: resuming from {last} at epoch {start_epoch}")
+        if accelerator.is_main_process and mlflow.active_run() is not None:  # the whole curve in this run too
+            for row in history:
+                mlflow.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    train_data, val_data = cfg.dataset("train", train=True), cfg.dataset("val", train=False, clips="first")
+    val_loader = accelerator.prepare(torch.utils.data.DataLoader(
+        val_data, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers))
+    todo = f"epochs {start_epoch}..{cfg.epochs - 1}" if start_epoch < cfg.epochs else "all epochs already done"
+    accelerator.print(f"ef_training: {len(train_data)} TRAIN / {len(val_data)} VAL videos, {todo}, width "
+                      f"{cfg.width}, {cfg.frames} frames at {cfg.image_size} px, device {accelerator.device}")
+    ran = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after_epochs is not None and ran >= stop_after_epochs:
+            break
+        start = time.perf_counter()
+        loader = accelerator.prepare(torch.utils.data.DataLoader(
+            train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=False,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch)))
+        model.train()
+        total, count = 0.0, 0
+        for video, (ef, _) in tqdm(loader, desc=f"epoch {epoch}", leave=False,
+                                   disable=not accelerator.is_main_process):
+            with accelerator.autocast():
+                loss = F.mse_loss(model(_resize(video, cfg.image_size)).float(), ef.float())
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            n = accelerator.gather_for_metrics(ef).numel()
+            total += float(accelerator.reduce(loss.detach(), "mean")) * n
+            count += n
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+        scheduler.step()
+        val_loss = _val_loss(model, val_loader, cfg, accelerator)
+        row = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss, "lr": lr,
+               "seconds": time.perf_counter() - start}
+        history.append(row)
+        improved = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        if accelerator.is_main_process:
+            plain = accelerator.unwrap_model(model)
+            state = {"model": plain.state_dict(), "model_config": plain.config,
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     "best_val_loss": best_val, "history": history, "rng": _rng_state(),
+                     "train_config": dataclasses.asdict(cfg)}
+            save_checkpoint(last, state)
+            if improved:
+                save_checkpoint(checkpoint_dir / "best.pt", state)
+            if mlflow.active_run() is not None:
+                mlflow.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=epoch)
+            print(f"epoch {epoch}: train_loss {row['train_loss']:.2f} val_loss {val_loss:.2f} "
+                  f"({row['seconds']:.0f} s){' *' if improved else ''}", flush=True)
+        ran += 1
+    accelerator.wait_for_everyone()
+    best = checkpoint_dir / "best.pt"
+    if best.is_file():
+        final = regressor_from_checkpoint(load_checkpoint(best), str(best))
+    else:  # no epoch ran in this call and none before
+        final = accelerator.unwrap_model(model)
+    return final.eval(), pd.DataFrame(history)
+
+
+@torch.no_grad()
+def _val_loss(model: torch.nn.Module, loader: Any, cfg: EFTrainConfig, accelerator: Accelerator) -> float:
+    """Mean squared EF error over VAL, one clip per video (the window at frame 0)."""
+    model.eval()
+    errors = []
+    for video, (ef, _) in loader:
+        with accelerator.autocast():
+            pred = model(_resize(video, cfg.image_size)).float()
+        errors.append(accelerator.gather_for_metrics((pred - ef.float()) ** 2))
+    return float(torch.cat(errors).mean())
+
+
+@torch.no_grad()
+def predict(model: EFRegressor, cfg: EFTrainConfig, split: str, protocol: str | None = None,
+            device: str | torch.device | None = None) -> pd.DataFrame:
+    """Predictions for every video of ``split``: columns FileName, Split, EF, EF_pred (%).
+
+    ``protocol`` (default ``cfg.eval_protocol``): ``"single"`` = the 2-s window at frame 0, as the seed
+    evaluates; ``"all"`` = the mean over every window (EchoNet-Dynamic's test-time averaging).
+    """
+    protocol = protocol or cfg.eval_protocol
+    if protocol not in ("single", "all"):
+        raise ValueError(f"protocol must be 'single' or 'all', got {protocol!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    data = cfg.dataset(split, train=False, clips="first" if protocol == "single" else "all")
+    rows = []
+    if protocol == "single":
+        loader = torch.utils.data.DataLoader(data, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
+        for video, (ef, names) in tqdm(loader, desc=f"predict {split}", leave=False):
+            pred = model(_resize(video.to(device), cfg.image_size)).cpu()
+            rows += [(n, float(e), float(p)) for n, e, p in zip(names, ef, pred, strict=True)]
+    else:
+        for i in tqdm(range(len(data)), desc=f"predict {split} (all clips)", leave=False):
+            clips, (ef, name) = data[i]
+            preds = [model(_resize(chunk.to(device), cfg.image_size)).cpu()
+                     for chunk in clips.split(cfg.eval_batch_size)]
+            rows.append((name, float(ef), float(torch.cat(preds).mean())))
+    out = pd.DataFrame(rows, columns=["FileName", "EF", "EF_pred"])
+    out.insert(1, "Split", split.upper())
+    return out
+
+
+def split_metrics(predictions: pd.DataFrame, bootstrap: int = 1000) -> dict[str, float]:
+    """``<split>_mae``, ``<split>_rmse``, ``<split>_r2`` and their ``_ci_low``/``_ci_high`` per split."""
+    out = {}
+    for split, rows in predictions.groupby("Split"):
+        for name, value in regression_metrics(rows.EF.to_numpy(), rows.EF_pred.to_numpy(), bootstrap).items():
+            out[f"{split.lower()}_{name}"] = value
+    return out
+
+
+def load_regressor(source: str | Path) -> EFRegressor:
+    """A trained regressor from a checkpoint path or an MLflow run id (its ``checkpoints/best.pt``)."""
+    path = Path(str(source))
+    if path.suffix == ".pt" or path.exists():
+        return regressor_from_checkpoint(load_checkpoint(path), str(path)).eval()
+    tracking.setup()
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=str(source), artifact_path="checkpoints/best.pt")
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{source}: neither a checkpoint file nor an MLflow run with checkpoints/best.pt in "
+                         f"{tracking.tracking_uri()} ({str(exc).splitlines()[0]})") from exc
+    return regressor_from_checkpoint(load_checkpoint(local), f"run {source}").eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, evaluate and log one regressor from a params file (the CLI for ``accelerate launch``)."""
+    parser = argparse.ArgumentParser(prog="python -m echodiff.ef_training", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-f", "--file", required=True, help="params YAML, e.g. params/ef_reference.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    params = load_params(args.file, args.overrides)
+    cfg = EFTrainConfig.from_params(params)
+    checkpoint_dir = params.get("checkpoint_dir", "outputs/ef_regression")
+    accelerator = Accelerator()
+    if not accelerator.is_main_process:
+        train_ef_regressor(cfg, checkpoint_dir)
+        return 0
+    with tracking.stage_run(params.get("run_name", "ef_regression"), params) as run:
+        model, _ = train_ef_regressor(cfg, checkpoint_dir)
+        predictions = pd.concat([predict(model, cfg, s) for s in ("val", "test")])
+        mlflow.log_metrics(split_metrics(predictions))
+        tracking.log_table(predictions, "predictions.csv")
+        tracking.log_file(resolve_path(checkpoint_dir) / "best.pt", "checkpoints")
+    print(f"ef_training: run {run.info.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
