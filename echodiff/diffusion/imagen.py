@@ -1,0 +1,185 @@
+"""Cascaded video diffusion on lucidrains' imagen-pytorch: offline import, building the cascade from a config,
+the EF conditioning, and model folders in EchoDiffusion's released layout (``config.yaml`` + ``merged.pt``).
+
+Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
+
+    unets:  {unet1: {dim: 64, dim_mults: [1, 2, 4], ...}, unet2: {...}}   # one Unet3D per stage, in order
+    imagen: {image_sizes: [112], temporal_downsample_factor: [1], num_sample_steps: 64, sigma_data: 0.25, ...}
+    ef_embedding: ef_flag        # echodiff's [EF/100, 1]; "ef" = the seed's [EF/100] (released weights)
+
+Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import yaml
+
+from echodiff.io import atomic_path, atomic_write_text
+
+#: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
+#: all-zero token that imagen-pytorch reads as "no condition"; "ef" is the seed's EF/100 (released weights).
+EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1}
+#: t5-v1_1-base's d_model, the only thing imagen-pytorch's default arguments ask of the T5 config.
+_T5_BASE_D_MODEL = 768
+
+
+def import_imagen() -> ModuleType:
+    """Import ``imagen_pytorch`` with no network.
+
+    ``Unet3D``'s default ``text_embed_dim`` calls ``T5Config.from_pretrained('google/t5-v1_1-base')`` while the
+    package is imported, which reaches for the model hub. Before the first import we load the package's
+    self-contained ``t5`` module on its own and put a locally built config (d_model 768, t5-v1_1-base's value)
+    in its config table, so that call is answered from memory. echodiff never encodes text: EF is fed as an
+    embedding (:func:`ef_embedding`) and ``text_embed_dim`` is always passed.
+    """
+    if "imagen_pytorch" in sys.modules:
+        return sys.modules["imagen_pytorch"]
+    if "imagen_pytorch.t5" not in sys.modules:
+        package = importlib.util.find_spec("imagen_pytorch")
+        if package is None or not package.submodule_search_locations:
+            raise ImportError("imagen-pytorch is not installed; run `make install` (requirements.lock pins 2.1.0)")
+        path = Path(next(iter(package.submodule_search_locations))) / "t5.py"
+        spec = importlib.util.spec_from_file_location("imagen_pytorch.t5", path)
+        t5 = importlib.util.module_from_spec(spec)
+        sys.modules["imagen_pytorch.t5"] = t5
+        spec.loader.exec_module(t5)
+        from transformers import T5Config
+
+        t5.T5_CONFIGS.setdefault(t5.DEFAULT_T5_NAME, {"config": T5Config(d_model=_T5_BASE_D_MODEL)})
+    import imagen_pytorch
+
+    return imagen_pytorch
+
+
+def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") -> torch.Tensor:
+    """EF (%) ``(B,)`` -> one-token text embedding ``(B, 1, D)`` (D = 2 for ``ef_flag``, 1 for ``ef``).
+
+    Raises ``ValueError`` for EF outside 0-100, and for EF 0 with the seed's ``ef`` embedding (it would be the
+    all-zero token, i.e. silently unconditional).
+    """
+    ef = torch.as_tensor(ef, dtype=torch.float32).reshape(-1)
+    if torch.isnan(ef).any() or (ef < 0).any() or (ef > 100).any():
+        raise ValueError(f"EF must be within 0-100 % (got {ef.tolist()})")
+    if kind == "ef_flag":
+        return torch.stack([ef / 100.0, torch.ones_like(ef)], dim=-1)[:, None, :]
+    if kind == "ef":
+        if (ef == 0).any():
+            raise ValueError("EF 0 gives an all-zero embedding, which this model (the seed's 'ef' embedding) "
+                             "reads as 'no condition'; use an EF above 0")
+        return (ef / 100.0)[:, None, None]
+    raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
+
+
+def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:
+    unets = config.get("unets")
+    if not isinstance(unets, dict) or not unets:
+        raise ValueError("config needs `unets`: a mapping of stage name -> Unet3D arguments, in cascade order")
+    return [dict(v) for v in unets.values()]
+
+
+def build_imagen(config: dict[str, Any]) -> torch.nn.Module:
+    """``ElucidatedImagen`` with one ``Unet3D`` per stage, from an EchoDiffusion-style config (see module doc)."""
+    imagen_pytorch = import_imagen()
+    kind = config.get("ef_embedding", "ef_flag")
+    if kind not in EF_EMBEDDINGS:
+        raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
+    embed_dim = EF_EMBEDDINGS[kind]
+    hparams = dict(config.get("imagen", {}))
+    hparams.pop("elucidated", None)
+    if hparams.get("text_embed_dim", embed_dim) != embed_dim:
+        raise ValueError(f"imagen.text_embed_dim={hparams['text_embed_dim']} does not match ef_embedding "
+                         f"{kind!r} (dimension {embed_dim})")
+    hparams["text_embed_dim"] = embed_dim
+    hparams.setdefault("condition_on_text", True)
+    stages = _stage_list(config)
+    sizes = hparams.get("image_sizes")
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != len(stages):
+        raise ValueError(f"imagen.image_sizes must list one size per U-Net ({len(stages)}), got {sizes!r}")
+    unets = []
+    for i, unet in enumerate(stages):
+        unet.setdefault("text_embed_dim", embed_dim)
+        unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
+    return imagen_pytorch.ElucidatedImagen(unets=unets, **hparams)
+
+
+class CascadeModel(torch.nn.Module):
+    """A cascade and its config: ``.imagen`` (``ElucidatedImagen``), ``.config``, ``.steps`` trained per stage."""
+
+    def __init__(self, config: dict[str, Any], imagen: torch.nn.Module | None = None):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.imagen = imagen if imagen is not None else build_imagen(self.config)
+        self.register_buffer("steps", torch.zeros(len(self.imagen.unets), dtype=torch.long))
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.imagen.unets)
+
+    @property
+    def image_size(self) -> int:
+        """Output size (px) of the last stage."""
+        return int(self.imagen.image_sizes[-1])
+
+    @property
+    def ef_kind(self) -> str:
+        return self.config.get("ef_embedding", "ef_flag")
+
+
+def save_model_folder(folder: str | os.PathLike, model: CascadeModel, ema: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/config.yaml`` and ``folder/merged.pt`` (``model``: the ElucidatedImagen state dict,
+    ``ema``: EMA U-Nets if given, ``steps``), both atomically -- the layout of EchoDiffusion's released weights."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.imagen.state_dict(), "steps": model.steps.cpu(), "version": _imagen_version()}
+    if ema is not None:
+        state["ema"] = ema
+    with atomic_path(folder / "merged.pt") as tmp:
+        torch.save(state, tmp)
+    atomic_write_text(yaml.safe_dump(model.config, sort_keys=False), folder / "config.yaml")
+    return folder
+
+
+def _imagen_version() -> str:
+    return import_imagen().__version__
+
+
+def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> CascadeModel:
+    """Load a model folder (``config.yaml`` + ``merged.pt``): ours, or EchoDiffusion's released weights.
+
+    A released config without ``ef_embedding`` is the seed's 1-d EF/100 embedding. With ``use_ema`` and an
+    ``ema`` entry (ImagenTrainer's EMA U-Nets), the EMA weights are used, as for sampling.
+    """
+    folder = Path(folder)
+    for name in ("config.yaml", "merged.pt"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: a model folder holds config.yaml and merged.pt "
+                                    "(EchoDiffusion's released layout, e.g. 1SCM_v2/)")
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    if "ef_embedding" not in config:
+        config["ef_embedding"] = "ef" if config.get("imagen", {}).get("text_embed_dim", 1) == 1 else "ef_flag"
+    model = CascadeModel(config)
+    state = torch.load(folder / "merged.pt", map_location="cpu", weights_only=False)
+    weights = state.get("model", state)
+    try:
+        model.imagen.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"{folder / 'merged.pt'} does not fit {folder / 'config.yaml'}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    if use_ema and "ema" in state:
+        for i, unet in enumerate(model.imagen.unets):
+            prefix = f"{i}.ema_model."
+            ema = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+            if ema:
+                unet.load_state_dict(ema)
+    if "steps" in state:
+        model.steps.copy_(torch.as_tensor(state["steps"]).reshape(-1)[: model.num_stages])
+    return model.eval()

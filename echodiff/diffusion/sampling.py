@@ -1,0 +1,94 @@
+"""Sampling: one anatomy frame + a target EF -> a video, through every stage of the cascade."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from echodiff.data.video import write_video
+from echodiff.diffusion.imagen import CascadeModel, ef_embedding
+
+
+@contextlib.contextmanager
+def _sample_steps(model: CascadeModel, steps: int | list[int] | None) -> Iterator[None]:
+    """Temporarily override the sampler's step count (one value for all stages, or one per stage)."""
+    saved = list(model.imagen.hparams)
+    if steps is not None:
+        per_stage = [steps] * model.num_stages if isinstance(steps, int) else list(steps)
+        if len(per_stage) != model.num_stages or any(s < 1 for s in per_stage):
+            raise ValueError(f"steps must be a positive int or one per stage ({model.num_stages}), got {steps!r}")
+        model.imagen.hparams = [hp._replace(num_sample_steps=int(s)) for hp, s in zip(saved, per_stage, strict=True)]
+    try:
+        yield
+    finally:
+        model.imagen.hparams = saved
+
+
+@torch.no_grad()
+def sample(
+    model: CascadeModel,
+    anatomy: torch.Tensor,
+    ef: torch.Tensor | float | list[float],
+    frames: int | None = None,
+    steps: int | list[int] | None = None,
+    cond_scale: float = 5.0,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Generate videos ``(B, 3, T, H, W)`` in [0, 1] conditioned on anatomy frames and target EFs.
+
+    Args:
+        anatomy: ``(B, 3, H, W)`` (or ``(3, H, W)``) in [0, 1], at the last stage's size.
+        ef: target EF in % -- a scalar for every video or ``(B,)``.
+        frames: output frames ``T`` (default: the config's ``frames``).
+        steps: sampler steps, one value or one per stage (default: the config's ``num_sample_steps``).
+        cond_scale: classifier-free guidance scale (EchoDiffusion: 5 for samples, 1 for dataset generation).
+        seed: makes the result reproducible; the global RNG is left as it was.
+        batch_size: videos per forward pass (default: all at once).
+    """
+    anatomy = torch.as_tensor(anatomy, dtype=torch.float32)
+    if anatomy.ndim == 3:
+        anatomy = anatomy[None]
+    size = model.image_size
+    if anatomy.ndim != 4 or anatomy.shape[1] != 3 or anatomy.shape[-2:] != (size, size):
+        raise ValueError(f"anatomy must be (B, 3, {size}, {size}) in [0, 1] for this model, got "
+                         f"{tuple(anatomy.shape)}")
+    ef = torch.as_tensor(ef, dtype=torch.float32).reshape(-1)
+    if ef.numel() == 1:
+        ef = ef.expand(anatomy.shape[0])
+    if ef.numel() != anatomy.shape[0]:
+        raise ValueError(f"ef must be one value or one per anatomy frame ({anatomy.shape[0]}), got {ef.numel()}")
+    embeds = ef_embedding(ef, model.ef_kind)
+    frames = frames or model.config.get("frames")
+    if not frames:
+        raise ValueError("frames is required (the model config has no `frames`)")
+    device = torch.device(device or next(model.parameters()).device)
+    batch_size = batch_size or anatomy.shape[0]
+    outputs = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _sample_steps(model, steps):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, anatomy.shape[0], batch_size):
+            chunk = slice(start, start + batch_size)
+            video = model.imagen.sample(
+                text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device), video_frames=frames,
+                batch_size=anatomy[chunk].shape[0], cond_scale=cond_scale, use_tqdm=False, device=device)
+            outputs.append(video.float().clamp(0, 1).cpu())
+    return torch.cat(outputs)
+
+
+def write_avis(videos: torch.Tensor, folder: str | os.PathLike, names: list[str], fps: float) -> list[Path]:
+    """Write ``(B, 3, T, H, W)`` in [0, 1] as EchoNet-Dynamic-format AVIs ``folder/<name>.avi``."""
+    if len(names) != videos.shape[0]:
+        raise ValueError(f"{len(names)} names for {videos.shape[0]} videos")
+    paths = []
+    for video, name in zip(videos, names, strict=True):
+        array = (video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        paths.append(write_video(Path(folder) / f"{name}.avi", np.ascontiguousarray(array), fps))
+    return paths
