@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -37,6 +35,7 @@ from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_file
 from echodiff.io import atomic_path
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import EFRegressor, build_ef_regressor, regressor_from_checkpoint
+from echodiff.rng import rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -91,19 +90,6 @@ def _resize(video: torch.Tensor, size: int) -> torch.Tensor:
     return frames.reshape(b, t, c, size, size).transpose(1, 2)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary name beside ``path``, then rename: a checkpoint is whole or absent."""
     with atomic_path(path) as tmp:
@@ -144,9 +130,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
         print("ef_training: fp16 needs a GPU; training in fp32 on the CPU")
         precision = "no"
     accelerator = Accelerator(mixed_precision=precision)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    seed_everything(cfg.seed)
     bias = train_mean if cfg.bias is None else cfg.bias
     mean, std = (0.0,) * 3, (1.0,) * 3
     if cfg.normalize == "train":
@@ -174,7 +158,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_val, history = state["epoch"] + 1, state["best_val_loss"], state["history"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         accelerator.print(f"ef_training: resuming from {last} at epoch {start_epoch}")
         if accelerator.is_main_process and mlflow.active_run() is not None:  # the whole curve in this run too
             for row in history:
@@ -218,7 +202,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
             plain = accelerator.unwrap_model(model)
             state = {"model": plain.state_dict(), "model_config": plain.config,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                     "best_val_loss": best_val, "history": history, "rng": _rng_state(),
+                     "best_val_loss": best_val, "history": history, "rng": rng_state(),
                      "train_config": dataclasses.asdict(cfg)}
             save_checkpoint(last, state)
             if improved:

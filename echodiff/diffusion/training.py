@@ -1,0 +1,185 @@
+"""Train one stage of the cascade at a time, wrapping imagen-pytorch's ``ImagenTrainer`` (accelerate, mixed
+precision, multi-GPU, gradient accumulation over micro-batches, EMA).
+
+Every ``checkpoint_every`` steps ``checkpoint_dir/trainer.pt`` is written atomically: model, EMA, optimizers,
+grad scalers, per-stage step counts and the RNG states. Data order is a function of (seed, epoch), so an
+interrupted run resumes at the exact batch where it stopped. The stages of one cascade share a checkpoint
+folder: training stage 2 starts from stage 1's weights, and :func:`export_model` writes the cascade as
+``config.yaml`` + ``merged.pt`` (EchoDiffusion's released layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from echodiff.config import load_params, resolve_path
+from echodiff.data import DiffusionClips
+from echodiff.diffusion.imagen import CascadeModel, ef_embedding, import_imagen, save_model_folder
+from echodiff.io import atomic_path
+from echodiff.rng import rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """One stage's training run (batch sizes in videos, steps in optimizer updates)."""
+
+    model: str = "params/diffusion/demo.yaml"  # the cascade's config file
+    stage: int = 1  # 1-based, as the seed's --stage
+    data_root: str = "data/phantom"
+    batch_size: int = 4  # per process (the seed's --bs)
+    max_batch_size: int | None = None  # micro-batch for gradient accumulation (None: the whole batch)
+    ignore_time: float = 0.25  # the seed's --ignore_time: every round(1/p)-th step trains without temporal layers
+    lr: float = 5e-4
+    steps: int = 1000  # total optimizer steps for this stage
+    checkpoint_every: int = 100
+    val_every: int = 100
+    val_batches: int = 2
+    precision: str = "fp16"  # no | fp16 | bf16 (falls back to no on a CPU)
+    ema_beta: float = 0.9999  # EMA of the U-Net weights (imagen-pytorch's defaults; short CPU demos need less)
+    ema_update_after_step: int = 100
+    ema_update_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> DiffusionTrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """Indices of epoch ``epoch`` in a (seed, epoch)-determined order, starting after ``skip`` of them."""
+
+    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0):
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()[skip:]
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def load_cascade_config(path: str | Path) -> dict[str, Any]:
+    """A cascade config file (``params/diffusion/*.yaml``) with ``frames`` and ``fps`` checked."""
+    config = load_params(path)
+    for key in ("unets", "imagen", "frames", "fps"):
+        if key not in config:
+            raise ValueError(f"{resolve_path(path)}: cascade config needs `{key}`")
+    return config
+
+
+def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
+    """An ``ImagenTrainer`` over a fresh cascade, training only stage ``cfg.stage``."""
+    imagen_pytorch = import_imagen()
+    cascade = CascadeModel(config)
+    if not 1 <= cfg.stage <= cascade.num_stages:
+        raise ValueError(f"stage {cfg.stage} does not exist: {cfg.model} has {cascade.num_stages} stage(s)")
+    precision = cfg.precision if torch.cuda.is_available() else "no"
+    return imagen_pytorch.ImagenTrainer(
+        imagen=cascade.imagen, lr=cfg.lr, use_ema=True, only_train_unet_number=cfg.stage,
+        precision=None if precision == "no" else precision, fp16=False, split_batches=False, verbose=False,
+        ema_beta=cfg.ema_beta, ema_update_after_step=cfg.ema_update_after_step,
+        ema_update_every=cfg.ema_update_every)
+
+
+def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: bool = True,
+                stop_after_steps: int | None = None) -> tuple[Any, pd.DataFrame]:
+    """Train stage ``cfg.stage`` up to ``cfg.steps``; return the ``ImagenTrainer`` and the logged history.
+
+    Logs ``train_loss`` (per step), ``val_loss`` (fixed VAL batches and noise, every ``val_every``) and ``lr`` to
+    the active MLflow run, if any. ``stop_after_steps`` ends this call early (to resume later).
+    """
+    checkpoint_dir = resolve_path(checkpoint_dir)
+    config = load_cascade_config(cfg.model)
+    seed_everything(cfg.seed)  # before building: the initial weights are part of the run
+    trainer = make_trainer(config, cfg)
+    kind = config.get("ef_embedding", "ef_flag")
+    path = checkpoint_dir / "trainer.pt"
+    history: list[dict[str, float]] = []
+    if resume and path.is_file():
+        extra = trainer.load(str(path))
+        history = list(extra.get("history", []))
+        if extra.get("config") != config:
+            raise ValueError(f"{path} was trained with another cascade config; use another checkpoint_dir")
+        set_rng_state(extra["rng"])
+        trainer.print(f"diffusion: resuming stage {cfg.stage} from {path} at step "
+                      f"{int(trainer.steps[cfg.stage - 1])}")
+    cache = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
+    data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=config["frames"], fps=config["fps"], cache=cache)
+    val = DiffusionClips(resolve_path(cfg.data_root), "val", frames=config["frames"], fps=config["fps"], cache=cache)
+    every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
+    per_epoch = max(1, len(data) // cfg.batch_size)
+    step = int(trainer.steps[cfg.stage - 1])
+    trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
+                  f"{len(data)} TRAIN videos, batch {cfg.batch_size}, device {trainer.device}")
+    ran, start = 0, time.perf_counter()
+    while step < cfg.steps and (stop_after_steps is None or ran < stop_after_steps):
+        epoch, offset = divmod(step, per_epoch)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.num_workers,
+            sampler=_EpochOrder(len(data), cfg.seed, epoch, offset * cfg.batch_size),
+            generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
+        for anatomy, ef, clip in loader:
+            loss = trainer(clip, text_embeds=ef_embedding(ef, kind), cond_images=anatomy, unet_number=cfg.stage,
+                           max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
+            trainer.update(unet_number=cfg.stage)
+            step += 1
+            ran += 1
+            row = {"step": step, "train_loss": float(loss), "lr": trainer.get_lr(cfg.stage)}
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                row["val_loss"] = validation_loss(trainer, val, cfg, kind)
+            history.append(row)
+            if trainer.is_main and mlflow.active_run() is not None:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_trainer(trainer, path, config, history)
+            if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
+                break
+    if ran:
+        save_trainer(trainer, path, config, history)
+        trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
+    return trainer, pd.DataFrame(history)
+
+
+@torch.no_grad()
+def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig, kind: str) -> float:
+    """Mean denoising loss of the EMA stage on the first ``val_batches`` VAL batches, with fixed clips and noise."""
+    losses = []
+    with torch.random.fork_rng(), trainer.use_ema_unets():
+        torch.manual_seed(12345)
+        loader = torch.utils.data.DataLoader(val, batch_size=cfg.batch_size)
+        for i, (anatomy, ef, clip) in enumerate(loader):
+            if i >= cfg.val_batches:
+                break
+            trainer.imagen.eval()
+            losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(ef, kind).to(
+                trainer.device), cond_images=anatomy.to(trainer.device), unet_number=cfg.stage)))
+    trainer.imagen.train()
+    return float(np.mean(losses))
+
+
+def save_trainer(trainer: Any, path: Path, config: dict[str, Any], history: list[dict[str, float]]) -> None:
+    """ImagenTrainer.save to a temporary file beside ``path``, renamed into place (main process only)."""
+    if not trainer.is_main:
+        return
+    with atomic_path(path) as tmp:
+        trainer.save(str(tmp), config=config, history=history, rng=rng_state())
+
+
+def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Path:
+    """Write the cascade (online weights + EMA U-Nets) as ``folder/config.yaml`` + ``folder/merged.pt``."""
+    cascade = CascadeModel(config, imagen=trainer.imagen)
+    cascade.steps.copy_(trainer.steps.cpu())
+    trainer.reset_ema_unets_all_one_device()
+    return save_model_folder(resolve_path(folder), cascade, ema=trainer.ema_unets.state_dict())
