@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from echodiff import tracking
 from echodiff.config import load_params, resolve_path
 from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
+from echodiff.data.transforms import resize
 from echodiff.io import atomic_path
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import EFRegressor, build_ef_regressor, regressor_from_checkpoint
@@ -78,16 +79,6 @@ class EFTrainConfig:
             resolve_path(self.data_root), split, target_type=["EF", "FileName"], length=self.frames,
             period=self.period, fps=self.fps, clips=clips, max_length=None, mean=0.0, std=255.0,
             pad=self.pad if train else None, cache=resolve_path(self.cache_dir) if self.cache_dir else None)
-
-
-def _resize(video: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, C, T, H, W)`` -> ``(B, C, T, size, size)`` by area averaging (no-op at the same size)."""
-    if video.shape[-1] == size and video.shape[-2] == size:
-        return video
-    b, c, t, h, w = video.shape
-    frames = video.transpose(1, 2).reshape(b * t, c, h, w)
-    frames = F.interpolate(frames, size=(size, size), mode="area")
-    return frames.reshape(b, t, c, size, size).transpose(1, 2)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -183,7 +174,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
         for video, (ef, _) in tqdm(loader, desc=f"epoch {epoch}", leave=False,
                                    disable=not accelerator.is_main_process):
             with accelerator.autocast():
-                loss = F.mse_loss(model(_resize(video, cfg.image_size)).float(), ef.float())
+                loss = F.mse_loss(model(resize(video, cfg.image_size)).float(), ef.float())
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -228,7 +219,7 @@ def _val_loss(model: torch.nn.Module, loader: Any, cfg: EFTrainConfig, accelerat
     errors = []
     for video, (ef, _) in loader:
         with accelerator.autocast():
-            pred = model(_resize(video, cfg.image_size)).float()
+            pred = model(resize(video, cfg.image_size)).float()
         errors.append(accelerator.gather_for_metrics((pred - ef.float()) ** 2))
     return float(torch.cat(errors).mean())
 
@@ -251,12 +242,12 @@ def predict(model: EFRegressor, cfg: EFTrainConfig, split: str, protocol: str | 
     if protocol == "single":
         loader = torch.utils.data.DataLoader(data, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
         for video, (ef, names) in tqdm(loader, desc=f"predict {split}", leave=False):
-            pred = model(_resize(video.to(device), cfg.image_size)).cpu()
+            pred = model(resize(video.to(device), cfg.image_size)).cpu()
             rows += [(n, float(e), float(p)) for n, e, p in zip(names, ef, pred, strict=True)]
     else:
         for i in tqdm(range(len(data)), desc=f"predict {split} (all clips)", leave=False):
             clips, (ef, name) = data[i]
-            preds = [model(_resize(chunk.to(device), cfg.image_size)).cpu()
+            preds = [model(resize(chunk.to(device), cfg.image_size)).cpu()
                      for chunk in clips.split(cfg.eval_batch_size)]
             rows.append((name, float(ef), float(torch.cat(preds).mean())))
     out = pd.DataFrame(rows, columns=["FileName", "EF", "EF_pred"])

@@ -74,12 +74,20 @@ def overlay_tracing(frame: np.ndarray, coords: np.ndarray, colour: tuple[int, in
     return out
 
 
+def write_gif(frames: list[np.ndarray], path: str | os.PathLike, fps: float) -> Path:
+    """Animated GIF of RGB uint8 frames ``(H, W, 3)``, written atomically."""
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return Path(path)
+
+
 def tracing_gif(video: np.ndarray, tracings: dict[int, np.ndarray], path: str | os.PathLike, fps: float,
                 scale: int = 2) -> Path:
     """Animated GIF of uint8 ``(3, T, H, W)`` with each traced frame's tracing (ES green, ED red) shown on it
-    and held for a few frames; written atomically."""
+    and held for a few frames."""
     colours = {f: c for f, c in zip(tracings, [(0, 220, 0), (230, 40, 40)], strict=False)}
-    images = []
+    frames = []
     for t in range(video.shape[1]):
         frame = video[:, t].transpose(1, 2, 0)
         repeat = 1
@@ -87,8 +95,20 @@ def tracing_gif(video: np.ndarray, tracings: dict[int, np.ndarray], path: str | 
             frame = overlay_tracing(frame, tracings[t], colours[t])
             repeat = max(1, round(fps / 4))
         big = cv2.resize(np.ascontiguousarray(frame), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        images += [Image.fromarray(big)] * repeat
-    with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=round(1000 / fps), loop=0)
-    return Path(path)
+        frames += [big] * repeat
+    return write_gif(frames, path, fps)
+
+
+def video_row_gif(videos: list[np.ndarray], path: str | os.PathLike, fps: float, size: int = 112) -> Path:
+    """GIF of videos side by side: each float ``(3, T, H, W)`` in [0, 1] (e.g. anatomy repeated, real, generated)
+    resized to ``size`` px; videos with fewer frames hold their last frame."""
+    length = max(v.shape[1] for v in videos)
+    frames = []
+    for t in range(length):
+        tiles = []
+        for video in videos:
+            frame = video[:, min(t, video.shape[1] - 1)].transpose(1, 2, 0)
+            frame = (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)
+            tiles.append(cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=cv2.INTER_LINEAR))
+        frames.append(np.concatenate(tiles, axis=1))
+    return write_gif(frames, path, fps)
