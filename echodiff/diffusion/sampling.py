@@ -14,15 +14,30 @@ from echodiff.data.video import write_video
 from echodiff.diffusion.imagen import CascadeModel, ef_embedding
 
 
+def _per_stage(model: CascadeModel, name: str, value: float | list[float]) -> list[float]:
+    values = [value] * model.num_stages if isinstance(value, (int, float)) else list(value)
+    if len(values) != model.num_stages:
+        raise ValueError(f"{name} must be one value or one per stage ({model.num_stages}), got {value!r}")
+    return values
+
+
 @contextlib.contextmanager
-def _sample_steps(model: CascadeModel, steps: int | list[int] | None) -> Iterator[None]:
-    """Temporarily override the sampler's step count (one value for all stages, or one per stage)."""
+def _sampler_settings(model: CascadeModel, steps: int | list[int] | None,
+                      churn: float | list[float] | None) -> Iterator[None]:
+    """Temporarily override the EDM sampler's step count and S_churn (one value for all stages, or per stage)."""
     saved = list(model.imagen.hparams)
+    hparams = list(saved)
     if steps is not None:
-        per_stage = [steps] * model.num_stages if isinstance(steps, int) else list(steps)
-        if len(per_stage) != model.num_stages or any(s < 1 for s in per_stage):
-            raise ValueError(f"steps must be a positive int or one per stage ({model.num_stages}), got {steps!r}")
-        model.imagen.hparams = [hp._replace(num_sample_steps=int(s)) for hp, s in zip(saved, per_stage, strict=True)]
+        per_stage = _per_stage(model, "steps", steps)
+        if any(int(s) < 1 for s in per_stage):
+            raise ValueError(f"steps must be positive, got {steps!r}")
+        hparams = [hp._replace(num_sample_steps=int(s)) for hp, s in zip(hparams, per_stage, strict=True)]
+    if churn is not None:
+        per_stage = _per_stage(model, "churn", churn)
+        if any(c < 0 for c in per_stage):
+            raise ValueError(f"churn must be >= 0, got {churn!r}")
+        hparams = [hp._replace(S_churn=float(c)) for hp, c in zip(hparams, per_stage, strict=True)]
+    model.imagen.hparams = hparams
     try:
         yield
     finally:
@@ -36,6 +51,7 @@ def sample(
     ef: torch.Tensor | float | list[float],
     frames: int | None = None,
     steps: int | list[int] | None = None,
+    churn: float | list[float] | None = None,
     cond_scale: float = 5.0,
     seed: int | None = None,
     batch_size: int | None = None,
@@ -48,6 +64,8 @@ def sample(
         ef: target EF in % -- a scalar for every video or ``(B,)``.
         frames: output frames ``T`` (default: the config's ``frames``).
         steps: sampler steps, one value or one per stage (default: the config's ``num_sample_steps``).
+        churn: EDM's S_churn, one value or one per stage (default: the config's); 0 makes the sampler the
+            deterministic second-order (Heun) ODE solver of Karras et al. 2022, Algorithm 1.
         cond_scale: classifier-free guidance scale (EchoDiffusion: 5 for samples, 1 for dataset generation).
         seed: makes the result reproducible; the global RNG is left as it was.
         batch_size: videos per forward pass (default: all at once).
@@ -71,7 +89,8 @@ def sample(
     device = torch.device(device or next(model.parameters()).device)
     batch_size = batch_size or anatomy.shape[0]
     outputs = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _sample_steps(model, steps):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _sampler_settings(model, steps, churn):
         if seed is not None:
             torch.manual_seed(seed)
         for start in range(0, anatomy.shape[0], batch_size):

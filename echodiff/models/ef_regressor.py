@@ -16,6 +16,9 @@ from torch import nn
 from torchvision.models.video import R2Plus1D_18_Weights
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, VideoResNet
 
+from echodiff import weights
+from echodiff.data.transforms import resize
+
 #: Architectures this module builds, for checkpoints and error messages.
 ARCHITECTURES = ("r2plus1d_18",)
 
@@ -65,17 +68,23 @@ class EFRegressor(nn.Module):
             net.fc.bias.fill_(bias)
         self.model = net
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, T, H, W)`` in [0, 1] -> EF ``(B,)`` in %."""
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, T, H, W)`` in [0, 1] -> the pooled features the EF head reads, ``(B, 8 * width)``."""
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"EFRegressor expects (B, 3, T, H, W), got {tuple(video.shape)}")
-        return self.model((video - self.input_mean) / self.input_std).squeeze(1)
+        net = self.model
+        x = net.stem((video - self.input_mean) / self.input_std)
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return net.avgpool(x).flatten(1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, T, H, W)`` in [0, 1] -> EF ``(B,)`` in %."""
+        return self.model.fc(self.features(video)).squeeze(1)
 
 
 def kinetics_weights_path() -> Path:
     """Where torchvision keeps the Kinetics-400 R(2+1)D-18 weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
-    name = os.path.basename(R2Plus1D_18_Weights.KINETICS400_V1.url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
+    return weights.cache_path(os.path.basename(R2Plus1D_18_Weights.KINETICS400_V1.url))
 
 
 def build_ef_regressor(width: int = 64, bias: float = 55.6, pretrained: str | os.PathLike | None = None,
@@ -91,12 +100,9 @@ def build_ef_regressor(width: int = 64, bias: float = 55.6, pretrained: str | os
         return model
     if width != 64:
         raise ValueError(f"Kinetics weights exist for width 64 only, got width={width}")
-    path = kinetics_weights_path() if str(pretrained) == "kinetics" else Path(pretrained)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Kinetics-400 R(2+1)D-18 weights not found at {path}. Download {R2Plus1D_18_Weights.KINETICS400_V1.url} "
-            f"on a machine with internet access and copy it to {kinetics_weights_path()} (or set TORCH_HOME), or "
-            "set pretrained: null to start from random weights.")
+    purpose = "pretrained: kinetics (set pretrained: null to start from random weights)"
+    path = weights.require(kinetics_weights_path().name, R2Plus1D_18_Weights.KINETICS400_V1.url, purpose,
+                           None if str(pretrained) == "kinetics" else pretrained)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.model.load_state_dict(state, strict=False)
@@ -115,4 +121,34 @@ def regressor_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpo
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise ValueError(f"{source}: weights do not fit {config} ({str(exc).splitlines()[0]})") from exc
+    train = checkpoint.get("train_config") or {}
+    model.clip_spec = {k: train[k] for k in ("frames", "fps", "image_size") if train.get(k) is not None}
     return model
+
+
+@torch.no_grad()
+def regress_ef(model: EFRegressor, videos: torch.Tensor, fps: float | None = None, features: bool = False,
+               batch_size: int = 16) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """EF in % ``(B,)`` of videos ``(B, 3, T, H, W)`` in [0, 1]; with ``features``, also the pooled features
+    the EF head reads, ``(B, 8 * width)``.
+
+    Videos are resized to the size the regressor was trained at; their length and frame rate must match its
+    training clips (``model.clip_spec``, read from the checkpoint), since EF is read from the motion.
+    """
+    spec = getattr(model, "clip_spec", {})
+    if videos.ndim != 5 or videos.shape[1] != 3:
+        raise ValueError(f"videos must be (B, 3, T, H, W) in [0, 1], got {tuple(videos.shape)}")
+    if "frames" in spec and videos.shape[2] != spec["frames"]:
+        raise ValueError(f"the EF regressor was trained on {spec['frames']}-frame clips, got {videos.shape[2]} "
+                         "frames: use a regressor trained on the generator's clip length and frame rate")
+    if fps is not None and spec.get("fps") is not None and abs(float(fps) - float(spec["fps"])) > 1e-6:
+        raise ValueError(f"the EF regressor was trained on clips at {spec['fps']} fps, got {fps} fps")
+    device = next(model.parameters()).device
+    model.eval()
+    feats = []
+    for chunk in videos.split(batch_size):
+        chunk = resize(chunk.to(device), spec["image_size"]) if "image_size" in spec else chunk.to(device)
+        feats.append(model.features(chunk).float())
+    feats = torch.cat(feats)
+    ef = model.model.fc(feats).squeeze(1).cpu()
+    return (ef, feats.cpu()) if features else ef

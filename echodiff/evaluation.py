@@ -1,0 +1,363 @@
+"""Evaluation of a cascade: score files (one row per generated candidate), chunking, merging, the EF
+feedback loop (selection), and the paper's metrics table.
+
+A score row follows EchoDiffusion's ``generate_score_file_chunk.py``: FileName, GT EF (the target, %),
+Gen EF (regressed on the generated clip), Ref EF (regressed on the real clip), SSIM, LPIPS -- plus what makes
+the row reproducible: the candidate index ``noise``, the batch ``seed``, sampler ``steps``/``churn``,
+``cond_scale``, ``mode`` (factual: target = the video's EF; counterfactual: target ~ U(15, 85) %, one per video)
+and the model and regressor ids.
+
+Work is split into fixed batches of ``batch_videos`` videos x ``num_noise`` candidates, each sampled with a
+seed derived from (seed, mode, first video): re-running a chunk skips finished batches and redoes unfinished
+ones, so an interrupted chunk ends with exactly the rows an uninterrupted one has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from echodiff.config import resolve_path
+from echodiff.data import DiffusionClips
+from echodiff.data.transforms import resize
+from echodiff.data.video import write_video
+from echodiff.diffusion.imagen import CascadeModel
+from echodiff.diffusion.sampling import sample
+from echodiff.io import atomic_path, atomic_write_csv
+from echodiff.metrics.frechet import frechet_distance_of
+from echodiff.metrics.regression import _scores
+from echodiff.metrics.video import LPIPS, ssim
+from echodiff.models.ef_regressor import EFRegressor, regress_ef
+from echodiff.plots import video_row_gif
+
+#: The seed's score columns, in its order.
+SCORE_COLUMNS = ["FileName", "GT EF", "Gen EF", "Ref EF", "SSIM", "LPIPS"]
+#: What makes each row reproducible and traceable.
+RUN_COLUMNS = ["noise", "mode", "seed", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk"]
+#: Columns that must agree between a score file and the settings that extend it.
+SETTING_COLUMNS = ["mode", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
+MODES = ("factual", "counterfactual")
+
+
+@dataclass
+class ScoreConfig:
+    """What one score-file chunk generates (EF in %, sizes in px)."""
+
+    data_root: str = "data/phantom"
+    split: str = "val"
+    mode: str = "factual"  # factual (target = the video's EF) | counterfactual (the seed's --rand_ef)
+    num_noise: int = 1  # candidates per video (the seed's --num_noise)
+    chunk: int = 0
+    chunks: int = 1
+    max_videos: int | None = None  # the first N videos of the split (the seed's --max_samples)
+    batch_videos: int = 1  # videos per sampling batch (each with num_noise candidates)
+    steps: int | list[int] | None = None  # sampler steps per stage (None: the model config's)
+    churn: float | list[float] | None = None  # S_churn per stage (None: the model config's)
+    cond_scale: float = 5.0
+    seed: int = 0
+    ef_range: tuple[float, float] = (15.0, 85.0)  # counterfactual targets ~ U(ef_range)
+    lpips: bool = False  # needs the VGG-16 weights file (see echodiff.metrics.video.LPIPS)
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ScoreConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_noise < 1 or self.batch_videos < 1:
+            raise ValueError(f"num_noise and batch_videos must be >= 1, got {self.num_noise}, {self.batch_videos}")
+        if not 0 <= self.chunk < self.chunks:
+            raise ValueError(f"chunk {self.chunk} is out of range for chunks={self.chunks} (0 to {self.chunks - 1})")
+        lo, hi = self.ef_range
+        if not 0 < lo < hi <= 100:
+            raise ValueError(f"ef_range must lie within (0, 100] %, got {self.ef_range}")
+
+
+def chunk_indices(n: int, chunk: int, chunks: int) -> range:
+    """The contiguous slice of ``range(n)`` that ``chunk`` of ``chunks`` covers (sizes differ by at most 1)."""
+    if not 0 <= chunk < chunks:
+        raise ValueError(f"chunk {chunk} is out of range for chunks={chunks} (0 to {chunks - 1})")
+    return range(n * chunk // chunks, n * (chunk + 1) // chunks)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torch.Tensor, float, torch.Tensor, float]:
+    """The evaluation item of video ``index``: anatomy ``(3, H, W)``, its EF, the real clip ``(3, T, H, W)``
+    and the target EF. The window, anatomy frame and counterfactual target depend on (seed, index) only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(cfg.seed, index))
+        anatomy, ef, clip = data[index]
+    target = float(ef)
+    if cfg.mode == "counterfactual":
+        target = float(np.random.default_rng(_seed(cfg.seed, index, 1)).uniform(*cfg.ef_range))
+    return anatomy, float(ef), clip, target
+
+
+def read_scores(path: str | os.PathLike) -> pd.DataFrame:
+    """A score CSV, checked for the seed's columns."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: not a readable score CSV ({exc})") from exc
+    missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: score file is missing columns {missing} (expected at least {SCORE_COLUMNS})")
+    return frame
+
+
+def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, Any]:
+    return {"mode": cfg.mode, "steps": "config" if cfg.steps is None else str(cfg.steps),
+            "churn": "config" if cfg.churn is None else str(cfg.churn), "cond_scale": str(float(cfg.cond_scale)),
+            "model_id": str(model_id), "regressor_id": str(regressor_id)}
+
+
+def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfig, out_csv: str | os.PathLike,
+                    model_id: str = "", regressor_id: str = "", videos_dir: str | os.PathLike | None = None,
+                    lpips_metric: LPIPS | None = None, progress: bool = True) -> pd.DataFrame:
+    """Generate ``num_noise`` candidates for every video of this chunk, score them, and write ``out_csv``.
+
+    The CSV is rewritten atomically after every batch; an existing CSV is resumed (it must have been made with
+    the same settings). ``videos_dir`` also keeps each candidate as an EchoNet-format AVI
+    (``Videos/<FileName>_<mode>_<noise>.avi``, see :func:`write_video_filelist`) and a GIF per video
+    (real | candidates). Returns this chunk's rows.
+    """
+    out_csv = Path(out_csv)
+    data = DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=model.config["frames"],
+                          fps=model.config.get("fps"),
+                          cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
+    indices = list(chunk_indices(n, cfg.chunk, cfg.chunks))
+    settings = _settings(cfg, model_id, regressor_id)
+    rows = pd.DataFrame(columns=SCORE_COLUMNS + RUN_COLUMNS)
+    features = read_features(out_csv)
+    if out_csv.exists():
+        rows = read_scores(out_csv)
+        for key, value in settings.items():
+            found = set(rows[key].fillna("").astype(str).unique()) if key in rows else {"(none)"}
+            if rows.shape[0] and found != {value}:
+                raise ValueError(f"{out_csv} was made with {key}={sorted(map(str, found))}, not {value!r}: "
+                                 "write to another file (or delete this one to start over)")
+    if cfg.lpips and lpips_metric is None:
+        lpips_metric = LPIPS()
+    device = next(model.parameters()).device
+    fps = model.config.get("fps")
+    batches = [indices[i:i + cfg.batch_videos] for i in range(0, len(indices), cfg.batch_videos)]
+    for batch in tqdm(batches, desc=f"{cfg.mode} chunk {cfg.chunk}/{cfg.chunks}", disable=not progress):
+        names = [data.filelist.FileName.iloc[i] for i in batch]
+        done = rows[rows.FileName.isin(names)]
+        if len(done) == len(batch) * cfg.num_noise and done.groupby("FileName").noise.nunique().eq(cfg.num_noise).all():
+            continue
+        rows = rows[~rows.FileName.isin(names)]  # an unfinished batch is redone whole, with the same seed
+        items = [video_item(data, i, cfg) for i in batch]
+        anatomy = torch.stack([a for a, *_ in items]).repeat_interleave(cfg.num_noise, 0)
+        real = torch.stack([c for *_, c, _ in items])
+        targets = torch.tensor([t for *_, t in items]).repeat_interleave(cfg.num_noise)
+        seed = _seed(cfg.seed, MODES.index(cfg.mode), batch[0])
+        videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
+                        cond_scale=cfg.cond_scale, seed=seed, device=device)
+        videos = _to_size(videos, real.shape[-3:])
+        real_rep = real.repeat_interleave(cfg.num_noise, 0)
+        gen_ef, gen_feat = regress_ef(regressor, videos, fps, features=True)
+        ref_ef, ref_feat = regress_ef(regressor, real, fps, features=True)
+        ref_ef = ref_ef.repeat_interleave(cfg.num_noise)
+        similarity = ssim(videos, real_rep)
+        perceptual = lpips_metric(videos, real_rep) if lpips_metric is not None else torch.full_like(similarity, np.nan)
+        new = pd.DataFrame({
+            "FileName": np.repeat(names, cfg.num_noise), "GT EF": targets.numpy(), "Gen EF": gen_ef.numpy(),
+            "Ref EF": ref_ef.numpy(), "SSIM": similarity.numpy(), "LPIPS": perceptual.numpy(),
+            "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings})
+        if videos_dir is not None:
+            _save_videos(videos, real, new, Path(videos_dir), fps or 8.0, cfg.num_noise)
+        for k, name in enumerate(names):
+            features[(name, -1)] = ref_feat[k].numpy()
+            for j in range(cfg.num_noise):
+                features[(name, j)] = gen_feat[k * cfg.num_noise + j].numpy()
+        rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
+        _write_features(features, features_path(out_csv))  # before the CSV: a row is never without features
+        atomic_write_csv(rows, out_csv, index=False)
+    if not out_csv.exists():  # an empty chunk still leaves its (empty) file, so the merge can list it
+        atomic_write_csv(rows, out_csv, index=False)
+    return read_scores(out_csv)  # exactly what is on disk
+
+
+def features_path(score_csv: str | os.PathLike) -> Path:
+    """The regressor-feature file beside a score CSV: ``<name>.features.npz``."""
+    path = Path(score_csv)
+    return path.with_name(path.stem + ".features.npz")
+
+
+def _write_features(features: dict[tuple[str, int], np.ndarray], path: Path) -> None:
+    keys = sorted(features)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, names=np.array([k[0] for k in keys]), noise=np.array([k[1] for k in keys]),
+                 features=np.stack([features[k] for k in keys]))
+
+
+def read_features(score_csv: str | os.PathLike) -> dict[tuple[str, int], np.ndarray]:
+    """EF-regressor features saved with a score file: ``(FileName, noise) -> (D,)``; noise -1 = the real clip."""
+    path = features_path(score_csv)
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        return {(str(n), int(j)): f for n, j, f in zip(data["names"], data["noise"], data["features"], strict=True)}
+
+
+def _to_size(videos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample ``(B, C, T, H, W)`` to ``size = (T, H, W)`` (trilinear, as the seed does before scoring)."""
+    if tuple(videos.shape[-3:]) == tuple(size):
+        return videos
+    return F.interpolate(videos, size=tuple(size), mode="trilinear", align_corners=False).clamp(0, 1)
+
+
+def _save_videos(videos: torch.Tensor, real: torch.Tensor, rows: pd.DataFrame, folder: Path, fps: float,
+                 num_noise: int) -> None:
+    for (_, row), video in zip(rows.iterrows(), videos, strict=True):
+        name = f"{row.FileName}_{row['mode']}_{row.noise}"
+        array = (video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        write_video(folder / "Videos" / f"{name}.avi", np.ascontiguousarray(array), fps)
+    for k, clip in enumerate(real):
+        group = rows.iloc[k * num_noise:(k + 1) * num_noise]
+        video_row_gif([clip.numpy(), *videos[k * num_noise:(k + 1) * num_noise].numpy()],
+                      folder / "gifs" / f"{group.FileName.iloc[0]}_{group['mode'].iloc[0]}.gif", fps=fps)
+
+
+def write_video_filelist(scores: pd.DataFrame, folder: str | os.PathLike, fps: float, frames: int, size: int,
+                         split: str = "VAL") -> Path:
+    """``folder/FileList.csv`` for AVIs saved by :func:`generate_scores`, so ``EchoNetDynamic`` reads them:
+    EF = the target EF, plus the regressed EF and the source video."""
+    names = scores.FileName + "_" + scores["mode"] + "_" + scores.noise.astype(str)
+    filelist = pd.DataFrame({"FileName": names, "EF": scores["GT EF"], "ESV": np.nan, "EDV": np.nan,
+                             "FrameHeight": size, "FrameWidth": size, "FPS": fps, "NumberOfFrames": frames,
+                             "Split": split.upper(), "EstimatedEF": scores["Gen EF"], "Source": scores.FileName})
+    return atomic_write_csv(filelist, Path(folder) / "FileList.csv", index=False)
+
+
+def merge_scores(paths: Sequence[str | os.PathLike], num_noise: int,
+                 expected: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate chunk CSVs and check that every video has exactly ``num_noise`` distinct candidates.
+
+    ``expected``: the FileNames that must all be present (e.g. the whole VAL split). Raises ``ValueError``
+    listing missing videos, videos with too few candidates, and duplicated candidates.
+    """
+    if not paths:
+        raise ValueError("no score files to merge")
+    scores = pd.concat([read_scores(p) for p in paths], ignore_index=True)
+    if "noise" not in scores:
+        scores["noise"] = scores.groupby("FileName").cumcount()
+    problems = []
+    duplicated = scores[scores.duplicated(["FileName", "noise"], keep=False)]
+    if len(duplicated):
+        pairs = sorted(set(zip(duplicated.FileName, duplicated.noise, strict=True)))
+        problems.append(f"{len(pairs)} duplicated candidates (FileName, noise): {pairs[:10]}")
+    counts = scores.drop_duplicates(["FileName", "noise"]).groupby("FileName").size()
+    short = counts[counts != num_noise]
+    if len(short):
+        problems.append(f"{len(short)} videos without exactly {num_noise} candidates: "
+                        f"{dict(list(short.items())[:10])}")
+    if expected is not None:
+        missing = sorted(set(expected) - set(counts.index))
+        if missing:
+            problems.append(f"{len(missing)} videos missing: {missing[:10]}")
+    if problems:
+        raise ValueError(f"score files {[str(p) for p in paths]} are incomplete or overlap: " + "; ".join(problems)
+                         + ". Re-run the chunks that hold them (finished batches are skipped).")
+    return scores.sort_values(["FileName", "noise"]).reset_index(drop=True)
+
+
+def select_by_ef(scores: pd.DataFrame) -> pd.DataFrame:
+    """The feedback loop: per video, the candidate whose regressed EF is closest to the target."""
+    error = (scores["Gen EF"] - scores["GT EF"]).abs()
+    return scores.loc[error.groupby(scores.FileName).idxmin()].reset_index(drop=True)
+
+
+def summarize(scores: pd.DataFrame) -> dict[str, float]:
+    """Every number of the seed's ``compute_metrics.py`` plus the honest protocol, for one mode's scores.
+
+    ``avg_*``: all candidates. ``best_*`` (EF): the EF-selected candidate per video. SSIM/LPIPS, two protocols:
+    ``seed_best_ssim``/``seed_best_lpips`` take each video's best SSIM and best LPIPS independently of each
+    other and of the EF selection (the seed's); ``selected_ssim``/``selected_lpips`` are those of the
+    EF-selected candidate (what a user of the feedback loop actually gets).
+    """
+    out: dict[str, float] = {"videos": float(scores.FileName.nunique()), "candidates": float(len(scores))}
+    gt, gen, ref = (scores[c].to_numpy(float) for c in ("GT EF", "Gen EF", "Ref EF"))
+    for name, (y, p) in {"gen": (gt, gen), "ref": (gt, ref), "gen_ref": (ref, gen)}.items():
+        out.update({f"avg_{k}_{name}": v for k, v in _scores(y, p).items()})
+    best = select_by_ef(scores)
+    out.update({f"best_{k}_gen": v for k, v in _scores(best["GT EF"].to_numpy(float),
+                                                       best["Gen EF"].to_numpy(float)).items()})
+    per_video = scores.groupby("FileName")
+    out["avg_ssim"] = float(scores.SSIM.mean())
+    out["seed_best_ssim"] = float(per_video.SSIM.max().mean())
+    out["selected_ssim"] = float(best.SSIM.mean())
+    out["avg_lpips"] = float(scores.LPIPS.mean())
+    out["seed_best_lpips"] = float(per_video.LPIPS.min().mean())
+    out["selected_lpips"] = float(best.LPIPS.mean())
+    return out
+
+
+#: The reference README's table (EchoDiffusion, ~1200 VAL videos, A100).
+REFERENCE = pd.DataFrame(
+    [["1SCM", "Generation", 16, 62, 0.64, 9.65, 12.2, 0.53, 0.21, 12.3, 60.5],
+     ["2SCM", "Generation", 32, 146, 0.89, 4.81, 6.69, 0.53, 0.24, 31.7, 141],
+     ["4SCM", "Generation", 32, 279, 0.93, 3.77, 5.26, 0.48, 0.25, 24.6, 230],
+     ["1SCM", "Reconstruction", 16, 62, 0.76, 4.51, 6.07, 0.53, 0.21, 13.6, 89.7],
+     ["2SCM", "Reconstruction", 32, 146, 0.93, 2.22, 3.35, 0.54, 0.24, 31.4, 147],
+     ["4SCM", "Reconstruction", 32, 279, 0.90, 2.42, 3.87, 0.48, 0.25, 24.0, 228]],
+    columns=["Model", "Task", "Frames", "Sampling time (s)", "R2", "MAE", "RMSE", "SSIM", "LPIPS", "FID", "FVD"])
+
+
+def paper_table(model_name: str, summaries: dict[str, dict[str, float]], frames: int, seconds_per_video: float,
+                distances: dict[str, dict[str, float]] | None = None, protocol: str = "best") -> pd.DataFrame:
+    """Rows in the reference README's layout for one model: Generation (counterfactual) and Reconstruction
+    (factual). ``protocol``: ``"best"`` = EF-selected candidate with the seed's best SSIM/LPIPS, ``"selected"``
+    = everything from the EF-selected candidate, ``"avg"`` = all candidates. ``distances[mode]`` may hold
+    ``FID``, ``FVD`` (only when computed with their real networks) and ``FD_EFreg``."""
+    pick = {"best": ("best", "seed_best"), "selected": ("best", "selected"), "avg": ("avg", "avg")}[protocol]
+    rows = []
+    for mode, task in (("counterfactual", "Generation"), ("factual", "Reconstruction")):
+        if mode not in summaries:
+            continue
+        s = summaries[mode]
+        ef, sim = pick
+        extra = (distances or {}).get(mode, {})
+        rows.append({"Model": model_name, "Task": task, "Protocol": protocol, "Frames": frames,
+                     "Sampling time (s)": round(seconds_per_video, 2), "R2": s[f"{ef}_r2_gen"],
+                     "MAE": s[f"{ef}_mae_gen"], "RMSE": s[f"{ef}_rmse_gen"], "SSIM": s[f"{sim}_ssim"],
+                     "LPIPS": s[f"{sim}_lpips"], "FID": extra.get("FID", np.nan), "FVD": extra.get("FVD", np.nan),
+                     "FD_EFreg": extra.get("FD_EFreg", np.nan), "Videos": int(s["videos"])})
+    return pd.DataFrame(rows)
+
+
+def regressor_distance(scores: pd.DataFrame, score_csvs: Sequence[str | os.PathLike]) -> float:
+    """``FD_EFreg``: Fréchet distance between EF-regressor features of the real clips of the scored videos and
+    of the candidates in ``scores`` (all of them, or the selected ones), read from the score files' feature files.
+    """
+    features: dict[tuple[str, int], np.ndarray] = {}
+    for path in score_csvs:
+        features.update(read_features(path))
+    keys = list(zip(scores.FileName, scores.noise.astype(int), strict=True))
+    missing = [k for k in keys if k not in features] + [(n, -1) for n in scores.FileName.unique()
+                                                         if (n, -1) not in features]
+    if missing:
+        raise ValueError(f"no EF-regressor features for {len(missing)} candidates (e.g. {missing[:3]}) in "
+                         f"{[str(features_path(p)) for p in score_csvs]}: re-generate those score files")
+    real = np.stack([features[(n, -1)] for n in scores.FileName.unique()])
+    fake = np.stack([features[k] for k in keys])
+    return frechet_distance_of(real, fake)

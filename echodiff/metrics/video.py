@@ -1,0 +1,86 @@
+"""Per-video similarity of a generated clip to the real clip of the same window: SSIM and LPIPS.
+
+Both follow EchoDiffusion's evaluation: SSIM with data range 1 over every frame, LPIPS (VGG) per frame on
+[-1, 1] inputs, averaged over frames. Videos are ``(B, C, T, H, W)`` in [0, 1]; results are ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torchvision.models import VGG16_Weights
+
+from echodiff import weights
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(generated: torch.Tensor, real: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004: 11-px Gaussian window, sigma 1.5, K1 0.01, K2 0.03) per video.
+
+    Computed per frame and channel on the window positions that fit inside the frame, then averaged over
+    positions, channels and frames: ``(B, C, T, H, W)`` x2 -> ``(B,)``.
+    """
+    if generated.shape != real.shape or generated.ndim != 5:
+        raise ValueError(f"ssim needs two (B, C, T, H, W) videos of one shape, got {tuple(generated.shape)} and "
+                         f"{tuple(real.shape)}")
+    b, c, t, h, w = real.shape
+    x = generated.double().permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w)
+    y = real.double().permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w)
+    g = _gaussian_window().to(x.device)
+
+    def blur(image: torch.Tensor) -> torch.Tensor:  # separable Gaussian, 'valid' positions only
+        return F.conv2d(F.conv2d(image, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return index.reshape(b, -1).mean(1).float()
+
+
+class LPIPS(torch.nn.Module):
+    """LPIPS (Zhang et al. 2018), VGG variant, per frame, averaged over frames: ``(B, C, T, H, W)`` x2 -> ``(B,)``.
+
+    The calibrated linear layers ship with the ``lpips`` package; the VGG-16 backbone is torchvision's ImageNet
+    file ``vgg16-397923af.pth``, read from the torch cache (or ``vgg_path``) and never downloaded: without it,
+    :class:`echodiff.weights.MissingWeightsError` says where to put it. Only the ``features.*`` tensors are used.
+    """
+
+    FILENAME = os.path.basename(VGG16_Weights.IMAGENET1K_V1.url)
+
+    def __init__(self, vgg_path: str | os.PathLike | None = None):
+        super().__init__()
+        import lpips
+
+        path = weights.require(self.FILENAME, VGG16_Weights.IMAGENET1K_V1.url, "LPIPS (VGG)", vgg_path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.metric = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+        for name, param in self.metric.net.named_parameters():  # slice<k>.<index>.<weight|bias>
+            _, index, kind = name.split(".")
+            key = f"features.{index}.{kind}"
+            if key not in state or state[key].shape != param.shape:
+                raise ValueError(f"{path}: not torchvision VGG-16 weights ({key} missing or of another shape)")
+            param.data.copy_(state[key])
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, generated: torch.Tensor, real: torch.Tensor, frames_per_batch: int = 64) -> torch.Tensor:
+        if generated.shape != real.shape or generated.ndim != 5:
+            raise ValueError(f"LPIPS needs two (B, C, T, H, W) videos of one shape, got {tuple(generated.shape)} "
+                             f"and {tuple(real.shape)}")
+        b, c, t, h, w = real.shape
+        x = generated.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w) * 2 - 1
+        y = real.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w) * 2 - 1
+        device = next(self.parameters()).device
+        d = torch.cat([self.metric(xs.to(device), ys.to(device)).flatten().cpu()
+                       for xs, ys in zip(x.split(frames_per_batch), y.split(frames_per_batch), strict=True)])
+        return d.reshape(b, t).mean(1)

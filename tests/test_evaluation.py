@@ -1,0 +1,225 @@
+"""Evaluation: metrics against independent computations, score files, chunk resume, merge, selection."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.ndimage
+import torch
+from PIL import Image
+from test_diffusion import tiny_config
+
+from echodiff import evaluation
+from echodiff.diffusion import CascadeModel
+from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
+from echodiff.metrics import frechet
+from echodiff.metrics.video import LPIPS, ssim
+from echodiff.models.ef_regressor import EFRegressor
+from echodiff.weights import MissingWeightsError
+
+
+def reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM of two 2-D images the textbook way (scipy Gaussian filter, borders cropped like skimage)."""
+    f = lambda a: scipy.ndimage.gaussian_filter(a, 1.5, truncate=3.5)  # noqa: E731  (11 taps)
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s[5:-5, 5:-5].mean())
+
+
+def test_ssim_matches_an_independent_computation():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 3, 3, 24, 20, generator=gen)
+    fake = (real + 0.2 * torch.randn(real.shape, generator=gen)).clamp(0, 1)
+    ours = ssim(fake, real)
+    for b in range(2):
+        expected = np.mean([reference_ssim(fake[b, c, t].double().numpy(), real[b, c, t].double().numpy())
+                            for c in range(3) for t in range(3)])
+        assert float(ours[b]) == pytest.approx(expected, abs=1e-6)
+    assert torch.allclose(ssim(real, real), torch.ones(2))
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(real, real[:, :, :2])
+
+
+def test_frechet_distance_between_known_gaussians():
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    a, b, shift = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 16.0]), np.array([1.0, -2.0, 0.5])
+    sigma_a, sigma_b = rotation @ np.diag(a) @ rotation.T, rotation @ np.diag(b) @ rotation.T
+    expected = (shift**2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()  # commuting covariances: closed form
+    assert frechet.frechet_distance(np.zeros(3), sigma_a, shift, sigma_b) == pytest.approx(expected, rel=1e-9)
+    assert frechet.frechet_distance(np.zeros(3), sigma_a, np.zeros(3), sigma_a) == pytest.approx(0, abs=1e-6)
+    # from samples: N(0, I) vs N(m, 4I) in 2-D -> |m|^2 + 2 * (2 - 1)^2
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(200_000, 2)), rng.normal(size=(200_000, 2)) * 2 + np.array([3.0, 0.0])
+    assert frechet.frechet_distance_of(x, y) == pytest.approx(9 + 2, rel=0.02)
+
+
+class _Detector(torch.nn.Module):
+    """A stand-in with the call signature of the StyleGAN TorchScript detectors (tests only)."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = True) -> torch.Tensor:
+        x = x.float()
+        dims = list(range(2, x.ndim))
+        return torch.cat([x.mean(dims), x.std(dims), x.amax(dims)], 1)
+
+
+def test_fid_fvd_read_local_weights_and_name_the_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    real, fake = torch.rand(6, 3, 16, 16, 16), torch.rand(6, 3, 16, 16, 16) * 0.5
+    with pytest.raises(MissingWeightsError, match=r"inception-2015-12-05\.pt.*copy it to .*hub/checkpoints"):
+        frechet.fid(real, fake)
+    with pytest.raises(MissingWeightsError, match=r"i3d_torchscript\.pt"):
+        frechet.fvd(real, fake)
+    for name in ("inception-2015-12-05.pt", "i3d_torchscript.pt"):
+        (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.jit.script(_Detector()).save(str(tmp_path / "torch" / "hub" / "checkpoints" / name))
+    frames = lambda v: (v.permute(0, 2, 1, 3, 4).flatten(0, 1) * 255 + 0.5).floor()  # noqa: E731
+    expected_fid = frechet.frechet_distance_of(_Detector()(frames(real)), _Detector()(frames(fake)))
+    assert frechet.fid(real, fake) == pytest.approx(expected_fid, rel=1e-6)
+    expected_fvd = frechet.frechet_distance_of(_Detector()(real * 255), _Detector()(fake * 255))
+    assert frechet.fvd(real, fake) == pytest.approx(expected_fvd, rel=1e-6)
+
+
+def test_lpips_needs_vgg_weights_then_averages_frames(tmp_path, monkeypatch):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(MissingWeightsError, match=r"vgg16-397923af\.pth"):
+        LPIPS()
+    torch.manual_seed(0)
+    features = make_layers(cfgs["D"])  # VGG-16's convolutional part, random weights (tests only)
+    path = tmp_path / "torch" / "hub" / "checkpoints" / LPIPS.FILENAME
+    path.parent.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    metric = LPIPS()
+    assert torch.equal(getattr(metric.metric.net.slice3, "12").weight, features[12].weight)
+    real, fake = torch.rand(2, 3, 3, 32, 32), torch.rand(2, 3, 3, 32, 32)
+    d = metric(fake, real)
+    per_frame = torch.stack([metric.metric(fake[:, :, t] * 2 - 1, real[:, :, t] * 2 - 1).flatten()
+                             for t in range(3)], 1)
+    assert torch.allclose(d, per_frame.mean(1), atol=1e-6)
+    assert torch.allclose(metric(real, real), torch.zeros(2), atol=1e-6)
+
+
+def test_export_frames_layout(tmp_path):
+    videos = torch.rand(2, 3, 20, 112, 112)
+    frechet.export_frames(videos, ["a", "b"], tmp_path / "real")
+    files = sorted((tmp_path / "real" / "a").iterdir(), key=lambda p: int(p.stem))
+    assert [p.name for p in files] == [f"{i}.png" for i in range(16)]
+    image = np.asarray(Image.open(files[0]))
+    assert image.shape == (128, 128, 3) and image[:8].max() == 0 and image[-8:].max() == 0
+    assert np.abs(image[8:120, 8:120].astype(int) - (videos[0, :, 0].permute(1, 2, 0).numpy() * 255)).max() <= 1
+
+
+def fake_scores() -> pd.DataFrame:
+    return pd.DataFrame({"FileName": ["a", "a", "a", "b", "b", "b"], "noise": [0, 1, 2] * 2,
+                         "GT EF": [50.0] * 3 + [30.0] * 3, "Gen EF": [60.0, 48.0, 41.0, 31.0, 20.0, 45.0],
+                         "Ref EF": [52.0] * 3 + [33.0] * 3, "SSIM": [0.5, 0.4, 0.9, 0.3, 0.8, 0.2],
+                         "LPIPS": [0.2, 0.3, 0.1, 0.4, 0.1, 0.5]})
+
+
+def test_selection_and_both_protocols():
+    scores = fake_scores()
+    best = select_by_ef(scores)
+    assert list(best.noise) == [1, 0]  # |48-50| and |31-30| are the smallest errors
+    s = summarize(scores)
+    assert s["best_mae_gen"] == pytest.approx(1.5)
+    assert s["best_rmse_gen"] == pytest.approx(math.sqrt((4 + 1) / 2))
+    assert s["avg_mae_gen"] == pytest.approx(np.mean([10, 2, 9, 1, 10, 15]))
+    gt, gen = scores["GT EF"].to_numpy(), scores["Gen EF"].to_numpy()
+    assert s["avg_r2_gen"] == pytest.approx(1 - ((gt - gen) ** 2).sum() / ((gt - gt.mean()) ** 2).sum())
+    assert s["seed_best_ssim"] == pytest.approx((0.9 + 0.8) / 2)  # best SSIM per video, whatever its EF
+    assert s["selected_ssim"] == pytest.approx((0.4 + 0.3) / 2)  # SSIM of the EF-selected candidates
+    assert s["seed_best_lpips"] == pytest.approx(0.1) and s["selected_lpips"] == pytest.approx(0.35)
+
+
+def test_merge_detects_gaps_and_duplicates(tmp_path):
+    scores = fake_scores()
+    scores.iloc[:3].to_csv(tmp_path / "c0.csv", index=False)
+    scores.iloc[3:].to_csv(tmp_path / "c1.csv", index=False)
+    merged = merge_scores([tmp_path / "c0.csv", tmp_path / "c1.csv"], 3, expected=["a", "b"])
+    assert len(merged) == 6
+    with pytest.raises(ValueError, match=r"videos missing: \['c'\]"):
+        merge_scores([tmp_path / "c0.csv", tmp_path / "c1.csv"], 3, expected=["a", "b", "c"])
+    scores.iloc[3:5].to_csv(tmp_path / "c1.csv", index=False)
+    with pytest.raises(ValueError, match=r"without exactly 3 candidates: \{'b': 2\}"):
+        merge_scores([tmp_path / "c0.csv", tmp_path / "c1.csv"], 3)
+    scores.iloc[:3].to_csv(tmp_path / "c1.csv", index=False)
+    with pytest.raises(ValueError, match=r"duplicated candidates"):
+        merge_scores([tmp_path / "c0.csv", tmp_path / "c1.csv"], 3)
+    scores.drop(columns="SSIM").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad.csv: score file is missing columns \['SSIM'\]"):
+        merge_scores([tmp_path / "bad.csv"], 3)
+
+
+@pytest.fixture(scope="module")
+def cascade_and_regressor():
+    torch.manual_seed(0)
+    return CascadeModel(tiny_config(1)).eval(), EFRegressor(width=4, bias=50.0).eval()
+
+
+def test_chunk_index_out_of_range():
+    with pytest.raises(ValueError, match="chunk 3 is out of range for chunks=3"):
+        ScoreConfig(chunk=3, chunks=3)
+    assert [list(evaluation.chunk_indices(7, i, 3)) for i in range(3)] == [[0, 1], [2, 3], [4, 5, 6]]
+
+
+def test_score_file_resumes_after_interruption_without_duplicates(phantom_root, cascade_and_regressor, tmp_path,
+                                                                   monkeypatch):
+    model, regressor = cascade_and_regressor
+    cfg = ScoreConfig(data_root=str(phantom_root), mode="counterfactual", num_noise=2, max_videos=2,
+                      batch_videos=1, steps=2, seed=5)
+    full = generate_scores(model, regressor, cfg, tmp_path / "full.csv", model_id="m", regressor_id="r",
+                           progress=False)
+    assert len(full) == 4 and set(full.columns) >= set(evaluation.SCORE_COLUMNS + evaluation.RUN_COLUMNS)
+    assert full.groupby("FileName")["GT EF"].nunique().eq(1).all()  # one target per video, shared by candidates
+    assert full["GT EF"].between(15, 85).all() and full.SSIM.between(-1, 1).all() and full.LPIPS.isna().all()
+
+    real_sample, calls = evaluation.sample, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is killed while generating the second batch
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_scores(model, regressor, cfg, tmp_path / "resumed.csv", model_id="m", regressor_id="r",
+                        progress=False)
+    assert len(pd.read_csv(tmp_path / "resumed.csv")) == 2  # the finished batch was kept
+    calls.clear()
+    resumed = generate_scores(model, regressor, cfg, tmp_path / "resumed.csv", model_id="m", regressor_id="r",
+                              progress=False)
+    assert len(calls) == 1  # only the unfinished batch was generated again
+    merged = merge_scores([tmp_path / "resumed.csv"], 2)
+    expected = full.sort_values(["FileName", "noise"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(merged[expected.columns].reset_index(drop=True), expected, check_dtype=False)
+    assert len(resumed) == 4
+    assert evaluation.regressor_distance(merged, [tmp_path / "resumed.csv"]) == pytest.approx(
+        evaluation.regressor_distance(expected, [tmp_path / "full.csv"]), rel=1e-6)
+
+    with pytest.raises(ValueError, match=r"made with cond_scale=\['5.0'\], not '1.0'"):
+        generate_scores(model, regressor, ScoreConfig(**{**cfg.__dict__, "cond_scale": 1.0}),
+                        tmp_path / "resumed.csv", model_id="m", regressor_id="r", progress=False)
+
+
+def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade_and_regressor, tmp_path):
+    from echodiff.data import EchoNetDynamic
+
+    model, regressor = cascade_and_regressor
+    cfg = ScoreConfig(data_root=str(phantom_root), mode="factual", num_noise=2, max_videos=2, batch_videos=2,
+                      steps=2, chunk=1, chunks=2)
+    scores = generate_scores(model, regressor, cfg, tmp_path / "s.csv", videos_dir=tmp_path / "videos",
+                             progress=False)
+    filelist = pd.read_csv(phantom_root / "FileList.csv")
+    val = filelist[filelist.Split == "VAL"].reset_index(drop=True)
+    assert list(scores.FileName.unique()) == [val.FileName[1]]  # chunk 1 of 2 of the first two VAL videos
+    assert np.allclose(scores["GT EF"], val.EF[1])
+    evaluation.write_video_filelist(scores, tmp_path / "videos", fps=50.0, frames=4, size=112)
+    data = EchoNetDynamic(tmp_path / "videos", "val", target_type=["EF", "FileName"], length=4, period=1)
+    assert len(data) == 2 and data[0][0].shape == (3, 4, 112, 112)
+    assert (tmp_path / "videos" / "gifs" / f"{val.FileName[1]}_factual.gif").is_file()
