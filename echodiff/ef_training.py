@@ -269,12 +269,7 @@ def load_regressor(source: str | Path) -> EFRegressor:
     path = Path(str(source))
     if path.suffix == ".pt" or path.exists():
         return regressor_from_checkpoint(load_checkpoint(path), str(path)).eval()
-    tracking.setup()
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=str(source), artifact_path="checkpoints/best.pt")
-    except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"{source}: neither a checkpoint file nor an MLflow run with checkpoints/best.pt in "
-                         f"{tracking.tracking_uri()} ({str(exc).splitlines()[0]})") from exc
+    local = tracking.fetch_artifact(str(source), "checkpoints/best.pt")
     return regressor_from_checkpoint(load_checkpoint(local), f"run {source}").eval()
 
 

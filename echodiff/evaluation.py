@@ -361,3 +361,80 @@ def regressor_distance(scores: pd.DataFrame, score_csvs: Sequence[str | os.PathL
     real = np.stack([features[(n, -1)] for n in scores.FileName.unique()])
     fake = np.stack([features[k] for k in keys])
     return frechet_distance_of(real, fake)
+
+
+def real_clips(model: CascadeModel, cfg: ScoreConfig, names: Sequence[str]) -> torch.Tensor:
+    """The real clips ``(N, 3, T, H, W)`` the named videos were scored against (same windows)."""
+    data = DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=model.config["frames"],
+                          fps=model.config.get("fps"))
+    index = {name: i for i, name in enumerate(data.filelist.FileName)}
+    return torch.stack([video_item(data, index[name], cfg)[2] for name in names])
+
+
+def saved_candidates(scores: pd.DataFrame, videos_dir: str | os.PathLike) -> torch.Tensor:
+    """The AVIs :func:`generate_scores` kept for these score rows, ``(N, 3, T, H, W)`` in [0, 1]."""
+    from echodiff.data.video import read_video
+
+    folder = Path(videos_dir) / "Videos"
+    return torch.stack([torch.from_numpy(read_video(folder / f"{r.FileName}_{r.mode}_{r.noise}.avi")).float() / 255
+                        for r in scores.itertuples()])
+
+
+def score_path(out_dir: str | os.PathLike, mode: str, chunk: int, chunks: int) -> Path:
+    """Where chunk ``chunk`` of ``chunks`` of ``mode`` writes its scores."""
+    return resolve_path(out_dir) / "scores" / f"{mode}_chunk{chunk:03d}of{chunks:03d}.csv"
+
+
+def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
+    """The cascade (``model``: model folder or stage-02 run id) and EF regressor (``regressor``: checkpoint or
+    stage-01 run id) an evaluation params mapping names."""
+    from echodiff.diffusion import load_model_folder
+    from echodiff.ef_training import load_regressor
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model_folder(resolve_path(params["model"]) if Path(resolve_path(params["model"])).exists()
+                              else params["model"]).to(device)
+    regressor = load_regressor(resolve_path(params["regressor"]) if Path(resolve_path(params["regressor"])).exists()
+                               else params["regressor"]).to(device)
+    return model, regressor
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``score``: one chunk of every mode (a Slurm array task); ``merge``: check and merge all chunks."""
+    import argparse
+
+    from echodiff.config import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m echodiff.evaluation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["score", "merge"])
+    parser.add_argument("-f", "--file", required=True, help="params YAML, e.g. params/evaluate_demo.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. chunk=3 chunks=8")
+    args = parser.parse_args(argv)
+    params = load_params(args.file, args.overrides)
+    modes = params.get("modes", [params.get("mode", "factual")])
+    out_dir = params.get("out_dir", "outputs/evaluate")
+    if args.command == "score":
+        model, regressor = load_inputs(params)
+        for mode in modes:
+            cfg = ScoreConfig.from_params({**params, "mode": mode})
+            path = score_path(out_dir, mode, cfg.chunk, cfg.chunks)
+            rows = generate_scores(model, regressor, cfg, path, str(params["model"]), str(params["regressor"]),
+                                   videos_dir=resolve_path(out_dir) / "videos" if params.get("save_videos") else None)
+            print(f"{path}: {len(rows)} rows")
+        return 0
+    for mode in modes:
+        chunks = int(params.get("chunks", 1))
+        paths = [score_path(out_dir, mode, c, chunks) for c in range(chunks)]
+        absent = [str(p) for p in paths if not p.exists()]
+        if absent:
+            raise SystemExit(f"missing chunk files (run `score` for them first): {absent}")
+        scores = merge_scores(paths, int(params.get("num_noise", 1)))
+        merged = atomic_write_csv(scores, resolve_path(out_dir) / f"scores_{mode}.csv", index=False)
+        summary = summarize(scores)
+        print(f"{merged}: {len(scores)} rows; EF MAE avg {summary['avg_mae_gen']:.2f}, "
+              f"selected {summary['best_mae_gen']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,20 +1,27 @@
 """Run the stage notebooks in order with papermill: one parent MLflow run, a nested child run per stage.
 
-    python -m echodiff.pipeline -f params/pipeline/demo.yaml [--only data] [-p key=value ...]
+    python -m echodiff.pipeline -f params/pipeline/demo.yaml [--only S ...] [--from S] [--force] [-p key=value]
 
-A pipeline file names the experiment and, per stage, the notebook and its parameter file::
+A pipeline file names the experiment and, per stage, the notebook, its parameter file and, optionally, which
+earlier stages' runs it reads (passed to the notebook as MLflow run ids, so stages never share ad-hoc paths)::
 
     experiment: echodiff
     stages:
       - {name: data, notebook: notebooks/00_data.ipynb, params: params/data_demo.yaml}
+      - {name: evaluate, notebook: notebooks/03_evaluate.ipynb, params: params/evaluate_demo.yaml,
+         inputs: {model: diffusion, regressor: ef_regression}}
 
 Each stage notebook receives ``mlflow_run_id`` (its child run) and ``experiment``; the executed notebook is
 written to ``runs/<parent run id>/`` and logged to the child run, also when the stage fails.
+
+A stage whose notebook, parameters and inputs are unchanged since a FINISHED run is skipped and that run is
+reused (its id feeds later stages); ``--force`` re-runs everything, ``--from S`` re-runs S and what follows.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 import time
@@ -28,57 +35,100 @@ from echodiff import tracking
 from echodiff.config import load_params, repo_root, resolve_path
 
 
-def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
-                 overrides: list[str] | None = None, out: str | Path = "runs") -> dict[str, Any]:
-    """Execute the pipeline's stages; return ``{"run_id": parent id, "stages": {name: child run id}}``.
+def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:
+    """What makes a stage's result: the notebook's code cells and its parameters (input run ids included)."""
+    import json
 
-    Executed notebooks go to ``out/<parent run id>/``. Raises ``papermill.PapermillExecutionError`` (with the
-    failing cell's error) when a stage fails.
+    import nbformat
+
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    text = json.dumps({"cells": cells, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished_run(client: Any, experiment_id: str, stage: str, fingerprint: str) -> str | None:
+    """The newest FINISHED child run of ``stage`` with this fingerprint, if any."""
+    runs = client.search_runs(
+        [experiment_id], f"tags.`echodiff.stage` = '{stage}' and tags.`echodiff.fingerprint` = '{fingerprint}' "
+        "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
+                 overrides: list[str] | None = None, out: str | Path = "runs", force: bool = False,
+                 start_from: str | None = None) -> dict[str, Any]:
+    """Execute the pipeline's stages; return ``{"run_id": parent id, "stages": {name: child run id},
+    "skipped": [names]}``.
+
+    ``only``: run just these stages (their inputs come from earlier finished runs). ``force``: never skip.
+    ``start_from``: re-run this stage and every later one. Executed notebooks go to ``out/<parent run id>/``.
+    Raises ``papermill.PapermillExecutionError`` (with the failing cell's error) when a stage fails.
     """
     spec = load_params(pipeline_file)
     experiment = spec.get("experiment", tracking.DEFAULT_EXPERIMENT)
-    stages = [s for s in spec["stages"] if not only or s["name"] in only]
-    unknown = set(only or []) - {s["name"] for s in spec["stages"]}
+    names = [s["name"] for s in spec["stages"]]
+    unknown = (set(only or []) | ({start_from} if start_from else set())) - set(names)
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)} in {pipeline_file}")
+        raise ValueError(f"unknown stage(s) {sorted(unknown)} in {pipeline_file} (stages: {names})")
+    rerun_from = names.index(start_from) if start_from else len(names)
     experiment_id = tracking.setup(experiment)
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
-    result: dict[str, Any] = {"stages": {}}
+    result: dict[str, Any] = {"stages": {}, "skipped": []}
     with mlflow.start_run(run_name="pipeline") as parent:
         result["run_id"] = parent.info.run_id
-        mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(s["name"] for s in stages)})
+        mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(names)})
         out_dir = resolve_path(out) / parent.info.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stage in stages:
+        for index, stage in enumerate(spec["stages"]):
+            name = stage["name"]
             params = load_params(stage.get("params"), overrides)
-            child = client.create_run(experiment_id, run_name=stage["name"],
-                                      tags={"mlflow.parentRunId": parent.info.run_id, "echodiff.stage": stage["name"]})
-            run_id = child.info.run_id
-            result["stages"][stage["name"]] = run_id
-            params.update(mlflow_run_id=run_id, experiment=experiment)
+            for key, upstream in (stage.get("inputs") or {}).items():
+                if upstream not in result["stages"]:
+                    raise ValueError(f"stage {name!r} reads {key} from stage {upstream!r}, which has no finished "
+                                     "run yet: run the pipeline without --only first")
+                params[key] = result["stages"][upstream]
             notebook = resolve_path(stage["notebook"])
+            fingerprint = _fingerprint(notebook, {**params, "experiment": experiment})
+            previous = _finished_run(client, experiment_id, name, fingerprint)
+            chosen = bool(only) and name in only  # --only names a stage: it runs
+            if (only and not chosen) or (previous and not (chosen or force or index >= rerun_from)):
+                if previous:
+                    result["stages"][name] = previous
+                    result["skipped"].append(name)
+                    print(f"pipeline: stage {name} unchanged since run {previous}: skipped (--force re-runs)",
+                          flush=True)
+                continue
+            child = client.create_run(experiment_id, run_name=name,
+                                      tags={"mlflow.parentRunId": parent.info.run_id, "echodiff.stage": name})
+            run_id = child.info.run_id
+            result["stages"][name] = run_id
+            params.update(mlflow_run_id=run_id, experiment=experiment)
             executed = out_dir / notebook.name
-            print(f"pipeline: stage {stage['name']} ({notebook.name}) -> run {run_id}", flush=True)
+            print(f"pipeline: stage {name} ({notebook.name}) -> run {run_id}", flush=True)
             start = time.perf_counter()
             try:
                 papermill.execute_notebook(str(notebook), str(executed), parameters=params,
                                            cwd=str(repo_root()), progress_bar=False, log_output=True)
             except BaseException:
-                client.log_artifact(run_id, str(executed))
+                if executed.is_file():  # absent when papermill failed before running a cell
+                    client.log_artifact(run_id, str(executed))
                 client.set_terminated(run_id, "FAILED")
                 raise
             seconds = time.perf_counter() - start
             client.log_artifact(run_id, str(executed))
             client.log_metric(run_id, "stage_seconds", seconds)
-            mlflow.log_metric(f"{stage['name']}_seconds", seconds)
-            print(f"pipeline: stage {stage['name']} done in {seconds:.1f} s", flush=True)
+            client.set_tag(run_id, "echodiff.fingerprint", fingerprint)  # only a finished stage can be reused
+            mlflow.log_metric(f"{name}_seconds", seconds)
+            print(f"pipeline: stage {name} done in {seconds:.1f} s", flush=True)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echodiff.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("-f", "--file", required=True, help="pipeline YAML (e.g. params/pipeline/demo.yaml)")
-    parser.add_argument("--only", nargs="+", help="run only these stages")
+    parser.add_argument("--only", nargs="+", help="run only these stages (inputs from earlier finished runs)")
+    parser.add_argument("--from", dest="start_from", help="re-run this stage and every later one")
+    parser.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a notebook parameter of the stages run (repeatable)")
     parser.add_argument("--out", default="runs", help="folder for executed notebooks (default runs/)")
@@ -86,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)  # stream each cell's output as the stage runs
     try:
-        result = run_pipeline(args.file, only=args.only, overrides=args.param, out=args.out)
+        result = run_pipeline(args.file, only=args.only, overrides=args.param, out=args.out, force=args.force,
+                              start_from=args.start_from)
     except papermill.PapermillExecutionError as exc:
         print(f"pipeline: stage failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", file=sys.stderr)
         return 1

@@ -42,8 +42,8 @@ def tracking_uri() -> str:
 
 
 def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """Point MLflow at the store, create ``experiment`` if needed (artifacts in ``mlruns/artifacts`` for the
-    local store, the server's default otherwise) and make it current; return its id."""
+    """Point MLflow at the store, create ``experiment`` if needed (artifacts in ``artifacts/`` beside a SQLite
+    database, e.g. ``mlruns/artifacts``; a server's default otherwise) and make it current; return its id."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
@@ -51,7 +51,9 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
         experiment_id = found.experiment_id
     else:
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable.
-        location = (local_store() / "artifacts").as_uri() if uri == local_uri() else None
+        location = None  # a server's own default
+        if uri.startswith("sqlite:///"):  # beside the database, never relative to the working directory
+            location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
         try:
             experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by another process
@@ -133,3 +135,14 @@ def log_torch_model(model: Any, example: Any, name: str = "model") -> None:
     import mlflow.pytorch
 
     mlflow.pytorch.log_model(model, name=name, input_example=example, serialization_format="pickle")
+
+
+def fetch_artifact(run_id: str, artifact_path: str) -> Path:
+    """A local copy of ``artifact_path`` (a file or folder) of MLflow run ``run_id`` in the current store."""
+    setup()
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=str(run_id), artifact_path=artifact_path))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{run_id}: no MLflow run with artifact {artifact_path!r} in {tracking_uri()} "
+                         f"({str(exc).splitlines()[0]}); pass a local path or the id of a finished stage run"
+                         ) from exc

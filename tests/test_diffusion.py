@@ -181,3 +181,13 @@ def test_paper_configs_build_with_the_seeds_values(name, sizes, temporal, steps,
     assert all(hp.sigma_data == 0.25 for hp in model.imagen.hparams)
     assert all(unet.cond_images_channels == 3 for unet in model.imagen.unets)  # the anatomy frame
     assert [bool(unet.lowres_cond) for unet in model.imagen.unets] == [False] + [True] * (stages - 1)
+
+
+def test_grey_cascade_generates_one_channel_shown_as_three():
+    torch.manual_seed(0)
+    model = CascadeModel(dict(tiny_config(2), channels=1)).eval()
+    assert model.imagen.channels == 1 and all(u.channels == 1 for u in model.imagen.unets)
+    video = sample(model, torch.rand(2, 3, 16, 16), [30.0, 60.0], seed=0)
+    assert video.shape == (2, 3, 4, 16, 16) and torch.equal(video[:, 0], video[:, 2])
+    with pytest.raises(ValueError, match="channels must be 1"):
+        build_imagen(dict(tiny_config(), channels=2))

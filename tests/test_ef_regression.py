@@ -154,7 +154,7 @@ def test_load_back_from_checkpoint_and_mlflow_run(learn_root, tmp_path):
     x = torch.rand(2, 3, 8, 28, 28)
     for source in (tmp_path / "m" / "best.pt", run.info.run_id):
         assert torch.allclose(load_regressor(source)(x), model(x))
-    with pytest.raises(ValueError, match="neither a checkpoint file nor an MLflow run"):
+    with pytest.raises(ValueError, match="no MLflow run with artifact .checkpoints/best.pt."):
         load_regressor("0123456789abcdef0123456789abcdef")
 
 

@@ -104,3 +104,53 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
 
 def test_repo_root_is_the_checkout():
     assert (repo_root() / "pyproject.toml").is_file() and (repo_root() / "notebooks" / "00_data.ipynb").is_file()
+
+
+def _tiny_notebook(path: Path, params: str, body: str) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
+    produce = _tiny_notebook(tmp_path / "produce.ipynb", "value = 1\nmlflow_run_id = None\nexperiment = 'x'", (
+        "from echodiff import tracking\nimport pathlib, mlflow\n"
+        "run = tracking.start_stage('produce', {'value': value}, run_id=mlflow_run_id, experiment=experiment)\n"
+        "import tempfile\nout = pathlib.Path(tempfile.mkdtemp()) / 'out.txt'\nout.write_text(str(value))\n"
+        "tracking.log_file(out, 'result')\n"
+        "tracking.end_stage()"))
+    consume = _tiny_notebook(tmp_path / "consume.ipynb", "source = None\nmlflow_run_id = None\nexperiment = 'x'", (
+        "from echodiff import tracking\nimport mlflow\n"
+        "value = tracking.fetch_artifact(source, 'result/out.txt').read_text()\n"
+        "run = tracking.start_stage('consume', {'source': source}, run_id=mlflow_run_id, experiment=experiment)\n"
+        "mlflow.log_metric('value', float(value))\ntracking.end_stage()"))
+    spec = {"experiment": "pipeline-skip", "stages": [
+        {"name": "produce", "notebook": str(produce)},
+        {"name": "consume", "notebook": str(consume), "inputs": {"source": "produce"}}]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = _run(["-f", str(path)], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(["-f", str(path)], tmp_path)
+    assert second.returncode == 0 and second.stdout.count("skipped") == 2, second.stdout
+    third = _run(["-f", str(path), "--from", "consume"], tmp_path)
+    assert third.stdout.count("skipped") == 1 and "stage consume done" in third.stdout, third.stdout
+    changed = _run(["-f", str(path), "-p", "value=7", "--only", "produce"], tmp_path)
+    assert "stage produce done" in changed.stdout and "consume" not in changed.stdout, changed.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        runs = mlflow.search_runs(experiment_names=["pipeline-skip"])
+        produced = runs[runs["tags.mlflow.runName"] == "produce"].sort_values("start_time")
+        consumed = runs[runs["tags.mlflow.runName"] == "consume"].sort_values("start_time")
+        assert len(produced) == 2 and len(consumed) == 2  # the skipped runs were reused, not repeated
+        assert (consumed["params.source"] == produced.run_id.iloc[0]).all()  # wired by run id
+        assert (consumed["metrics.value"] == 1.0).all()
+        assert (tmp_path / "artifacts").is_dir() and not (tmp_path / "mlruns").exists()  # beside the database
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])

@@ -104,11 +104,27 @@ def build_imagen(config: dict[str, Any]) -> torch.nn.Module:
     sizes = hparams.get("image_sizes")
     if not isinstance(sizes, (list, tuple)) or len(sizes) != len(stages):
         raise ValueError(f"imagen.image_sizes must list one size per U-Net ({len(stages)}), got {sizes!r}")
+    channels = video_channels(config)
+    hparams["channels"] = channels
     unets = []
     for i, unet in enumerate(stages):
         unet.setdefault("text_embed_dim", embed_dim)
+        unet["channels"] = channels
         unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
     return imagen_pytorch.ElucidatedImagen(unets=unets, **hparams)
+
+
+def video_channels(config: dict[str, Any]) -> int:
+    """Channels the cascade generates: 3 (EchoDiffusion) or 1 (grey, as echocardiograms are; ``channels: 1``)."""
+    channels = int(config.get("channels", 3))
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3, got {channels}")
+    return channels
+
+
+def to_video_channels(clip: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB clips ``(B, 3, T, H, W)`` as the cascade's training target: unchanged, or their grey mean."""
+    return clip if channels == 3 else clip.mean(1, keepdim=True)
 
 
 class CascadeModel(torch.nn.Module):
@@ -153,12 +169,17 @@ def _imagen_version() -> str:
 
 
 def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> CascadeModel:
-    """Load a model folder (``config.yaml`` + ``merged.pt``): ours, or EchoDiffusion's released weights.
+    """Load a model folder (``config.yaml`` + ``merged.pt``): ours, EchoDiffusion's released weights, or the
+    ``model/`` artifact of an MLflow run (pass the run id).
 
     A released config without ``ef_embedding`` is the seed's 1-d EF/100 embedding. With ``use_ema`` and an
     ``ema`` entry (ImagenTrainer's EMA U-Nets), the EMA weights are used, as for sampling.
     """
     folder = Path(folder)
+    if not folder.exists() and str(folder).isalnum() and len(str(folder)) == 32:  # an MLflow run id
+        from echodiff import tracking
+
+        folder = tracking.fetch_artifact(str(folder), "model")
     for name in ("config.yaml", "merged.pt"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: a model folder holds config.yaml and merged.pt "

@@ -98,7 +98,7 @@ def sample(
             video = model.imagen.sample(
                 text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device), video_frames=frames,
                 batch_size=anatomy[chunk].shape[0], cond_scale=cond_scale, use_tqdm=False, device=device)
-            outputs.append(video.float().clamp(0, 1).cpu())
+            outputs.append(video.float().clamp(0, 1).cpu().expand(-1, 3, -1, -1, -1))  # grey cascades: 1 -> 3
     return torch.cat(outputs)
 
 

@@ -23,7 +23,14 @@ import torch
 
 from echodiff.config import load_params, resolve_path
 from echodiff.data import DiffusionClips
-from echodiff.diffusion.imagen import CascadeModel, ef_embedding, import_imagen, save_model_folder
+from echodiff.diffusion.imagen import (
+    CascadeModel,
+    ef_embedding,
+    import_imagen,
+    save_model_folder,
+    to_video_channels,
+    video_channels,
+)
 from echodiff.io import atomic_path
 from echodiff.rng import rng_state, seed_everything, set_rng_state
 
@@ -105,6 +112,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     seed_everything(cfg.seed)  # before building: the initial weights are part of the run
     trainer = make_trainer(config, cfg)
     kind = config.get("ef_embedding", "ef_flag")
+    channels = video_channels(config)
     path = checkpoint_dir / "trainer.pt"
     history: list[dict[str, float]] = []
     if resume and path.is_file():
@@ -131,7 +139,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             sampler=_EpochOrder(len(data), cfg.seed, epoch, offset * cfg.batch_size),
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
         for anatomy, ef, clip in loader:
-            loss = trainer(clip, text_embeds=ef_embedding(ef, kind), cond_images=anatomy, unet_number=cfg.stage,
+            loss = trainer(to_video_channels(clip, channels), text_embeds=ef_embedding(ef, kind),
+                           cond_images=anatomy, unet_number=cfg.stage,
                            max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
             trainer.update(unet_number=cfg.stage)
             step += 1
@@ -163,6 +172,7 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
             if i >= cfg.val_batches:
                 break
             trainer.imagen.eval()
+            clip = to_video_channels(clip, trainer.imagen.channels)
             losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(ef, kind).to(
                 trainer.device), cond_images=anatomy.to(trainer.device), unet_number=cfg.stage)))
     trainer.imagen.train()
