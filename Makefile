@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.echodiff-installed
 PYTHON ?= python3
 
-.PHONY: install test demo lab lint clean-demo
+.PHONY: install test demo lab lint clean-demo slurm-deps
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ lint: install
 	$(PY) -m ruff check .
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
-test: install lint
+test: install lint slurm-deps
 	$(PY) -m pytest || [ $$? -eq 5 ]
 
 demo: install
@@ -28,6 +28,16 @@ demo: install
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Slurm and munge for tests/test_slurm.py, which starts a single-node cluster on this machine (Debian/Ubuntu,
+# root). Without them those tests are skipped and say why.
+slurm-deps:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then echo "slurm-deps: installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; } || \
+		echo "slurm-deps: apt-get failed; the Slurm tests will be skipped"; \
+	else echo "slurm-deps: need root and apt-get to install slurm-wlm and munge; the Slurm tests will be skipped"; fi
 
 clean-demo:
 	rm -rf data/phantom outputs runs

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from echodiff import tracking
+from echodiff import preempt, tracking
 from echodiff.config import load_params, resolve_path
 from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
 from echodiff.data.transforms import resize
@@ -178,6 +178,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
+            preempt.check(f"{checkpoint_dir / 'last.pt'} (epoch {epoch - 1}; epoch {epoch} restarts)")
             n = accelerator.gather_for_metrics(ef).numel()
             total += float(accelerator.reduce(loss.detach(), "mean")) * n
             count += n
@@ -297,4 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except preempt.StopRequested as stop:
+        print(f"ef_training: {stop}")
+        raise SystemExit(preempt.EXIT_CODE) from None

@@ -11,6 +11,7 @@ folder: training stage 2 starts from stage 1's weights, and :func:`export_model`
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from echodiff import preempt, tracking
 from echodiff.config import load_params, resolve_path
 from echodiff.data import DiffusionClips
+from echodiff.data.transforms import resize
 from echodiff.diffusion.imagen import (
     CascadeModel,
     ef_embedding,
@@ -113,6 +116,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     trainer = make_trainer(config, cfg)
     kind = config.get("ef_embedding", "ef_flag")
     channels = video_channels(config)
+    size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
     path = checkpoint_dir / "trainer.pt"
     history: list[dict[str, float]] = []
     if resume and path.is_file():
@@ -140,7 +144,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
         for anatomy, ef, clip in loader:
             loss = trainer(to_video_channels(clip, channels), text_embeds=ef_embedding(ef, kind),
-                           cond_images=anatomy, unet_number=cfg.stage,
+                           cond_images=resize(anatomy, size), unet_number=cfg.stage,
                            max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
             trainer.update(unet_number=cfg.stage)
             step += 1
@@ -151,8 +155,9 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             history.append(row)
             if trainer.is_main and mlflow.active_run() is not None:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or preempt.stop_requested():
                 save_trainer(trainer, path, config, history)
+                preempt.check(f"{path} (stage {cfg.stage}, step {step})")
             if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
                 break
     if ran:
@@ -174,7 +179,8 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
             trainer.imagen.eval()
             clip = to_video_channels(clip, trainer.imagen.channels)
             losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(ef, kind).to(
-                trainer.device), cond_images=anatomy.to(trainer.device), unet_number=cfg.stage)))
+                trainer.device), cond_images=resize(anatomy, trainer.imagen.image_sizes[-1]).to(trainer.device),
+                unet_number=cfg.stage)))
     trainer.imagen.train()
     return float(np.mean(losses))
 
@@ -193,3 +199,50 @@ def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Pa
     cascade.steps.copy_(trainer.steps.cpu())
     trainer.reset_ema_unets_all_one_device()
     return save_model_folder(resolve_path(folder), cascade, ema=trainer.ema_unets.state_dict())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the listed stages from a params file and export the model folder (the CLI for ``accelerate
+    launch`` on GPU nodes; the notebook does the same on one process)::
+
+        accelerate launch --multi_gpu --num_processes 8 -m echodiff.diffusion.training \\
+            -f params/diffusion_demo.yaml model=params/diffusion/4SCM.yaml stage=2 steps=100000 batch_size=20
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m echodiff.diffusion.training", description=main.__doc__)
+    parser.add_argument("-f", "--file", required=True, help="params YAML, e.g. params/diffusion_demo.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    params = load_params(args.file, args.overrides)
+    stages = params.get("stage", 1)
+    stages = [stages] if isinstance(stages, int) else list(stages)
+
+    def per_stage(value: Any) -> list[Any]:
+        return list(value) if isinstance(value, (list, tuple)) else [value] * len(stages)
+
+    checkpoint_dir = params.get("checkpoint_dir", "outputs/diffusion")
+    run = None
+    for stage, steps, batch_size in zip(stages, per_stage(params.get("steps", 1000)),
+                                        per_stage(params.get("batch_size", 8)), strict=True):
+        cfg = DiffusionTrainConfig.from_params({**params, "stage": stage, "steps": steps, "batch_size": batch_size})
+        if run is None and int(os.environ.get("RANK", "0")) == 0:
+            run = tracking.start_stage(params.get("run_name", "diffusion"), params,
+                                       experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT))
+        trainer, history = train_stage(cfg, checkpoint_dir, resume=bool(params.get("resume", True)))
+    folder = export_model(trainer, load_cascade_config(params["model"]), resolve_path(checkpoint_dir) / "model")
+    if trainer.is_main:
+        tracking.log_file(folder / "config.yaml", "model")
+        tracking.log_file(folder / "merged.pt", "model")
+        tracking.log_table(history, "history.csv")
+        tracking.end_stage()
+        print(f"diffusion: model in {folder}, MLflow run {run.info.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except preempt.StopRequested as stop:
+        print(f"diffusion: {stop}")
+        raise SystemExit(preempt.EXIT_CODE) from None
