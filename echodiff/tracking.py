@@ -128,13 +128,15 @@ def log_file(path: str | os.PathLike, artifact_path: str | None = None, run_id: 
         mlflow.tracking.MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path)
 
 
-def log_torch_model(model: Any, example: Any, name: str = "model") -> None:
+def log_torch_model(model: Any, example: Any, name: str = "model", registered_name: str | None = None) -> None:
     """Log a PyTorch module with ``mlflow.pytorch`` under ``name`` in the active run; ``example`` is one input
-    array, e.g. ``(1, 3, T, H, W)``, recorded with the model's signature. The "pickle" format is used because
-    "pt2" (``torch.export``) fixes the batch size to the example's; loading needs ``echodiff`` importable."""
+    array, e.g. ``(1, 3, T, H, W)``, recorded with the model's signature (``None``: no signature). The "pickle"
+    format is used because "pt2" (``torch.export``) fixes the batch size to the example's; loading needs
+    ``echodiff`` importable. ``registered_name`` also registers it (a new version) in the model registry."""
     import mlflow.pytorch
 
-    mlflow.pytorch.log_model(model, name=name, input_example=example, serialization_format="pickle")
+    mlflow.pytorch.log_model(model, name=name, input_example=example, serialization_format="pickle",
+                             registered_model_name=registered_name)
 
 
 def fetch_artifact(run_id: str, artifact_path: str) -> Path:

@@ -154,3 +154,17 @@ def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
         assert (tmp_path / "artifacts").is_dir() and not (tmp_path / "mlruns").exists()  # beside the database
     finally:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def test_models_are_registered_with_new_versions():
+    import mlflow.pytorch
+    import torch
+
+    client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
+    for _ in range(2):
+        with tracking.stage_run("unit", {}, experiment="registry-test"):
+            tracking.log_torch_model(torch.nn.Linear(2, 1), None, "model", "echodiff-registry-test")
+    versions = client.search_model_versions("name='echodiff-registry-test'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    loaded = mlflow.pytorch.load_model("models:/echodiff-registry-test/2")
+    assert isinstance(loaded, torch.nn.Linear)
