@@ -139,6 +139,19 @@ def log_torch_model(model: Any, example: Any, name: str = "model", registered_na
                              registered_model_name=registered_name)
 
 
+def register_artifact(artifact_path: str, name: str) -> str:
+    """Register the active run's ``artifact_path`` (e.g. a model folder) as a new version of registered model
+    ``name``; return the version. For models that are files rather than picklable modules (the cascade)."""
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("register_artifact needs an active MLflow run")
+    client = mlflow.tracking.MlflowClient(tracking_uri())
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id)
+    return str(version.version)
+
+
 def fetch_artifact(run_id: str, artifact_path: str) -> Path:
     """A local copy of ``artifact_path`` (a file or folder) of MLflow run ``run_id`` in the current store."""
     setup()

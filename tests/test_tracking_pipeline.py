@@ -168,3 +168,16 @@ def test_models_are_registered_with_new_versions():
     assert sorted(int(v.version) for v in versions) == [1, 2]
     loaded = mlflow.pytorch.load_model("models:/echodiff-registry-test/2")
     assert isinstance(loaded, torch.nn.Linear)
+
+
+def test_artifact_folders_are_registered(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.yaml").write_text("a: 1\n")
+    client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
+    for _ in range(2):
+        with tracking.stage_run("unit", {}, experiment="registry-test"):
+            tracking.log_file(tmp_path / "model" / "config.yaml", "model")
+            version = tracking.register_artifact("model", "echodiff-folder-test")
+    assert version == "2"
+    source = client.get_model_version("echodiff-folder-test", "2").source
+    assert source.endswith("/model")
