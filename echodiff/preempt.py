@@ -9,7 +9,9 @@ exists they write their checkpoint and raise :class:`StopRequested`; the script 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 STOP_FILE_ENV = "ECHODIFF_STOP_FILE"
 #: Exit status of a command-line trainer that stopped on request (EX_TEMPFAIL: "try again").
@@ -30,3 +32,12 @@ def check(where: str) -> None:
     """Raise :class:`StopRequested` (mentioning ``where``) when a stop was requested."""
     if stop_requested():
         raise StopRequested(f"stop requested via {os.environ[STOP_FILE_ENV]}; checkpoint written at {where}")
+
+
+def run_main(main: Callable[[], int], name: str) -> NoReturn:
+    """Exit with ``main()``'s status; a stop on request exits with :data:`EXIT_CODE` and one line, no traceback."""
+    try:
+        raise SystemExit(main())
+    except StopRequested as stop:
+        print(f"{name}: {stop}")
+        raise SystemExit(EXIT_CODE) from None

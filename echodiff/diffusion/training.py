@@ -241,8 +241,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except preempt.StopRequested as stop:
-        print(f"diffusion: {stop}")
-        raise SystemExit(preempt.EXIT_CODE) from None
+    preempt.run_main(main, "diffusion")
