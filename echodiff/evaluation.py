@@ -97,6 +97,12 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def _clips(model: CascadeModel, cfg: ScoreConfig) -> DiffusionClips:
+    """The split's clips in the cascade's format (frames, fps), as scored and as compared against."""
+    return DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=model.config["frames"],
+                          fps=model.config.get("fps"), cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+
+
 def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torch.Tensor, float, torch.Tensor, float]:
     """The evaluation item of video ``index``: anatomy ``(3, H, W)``, its EF, the real clip ``(3, T, H, W)``
     and the target EF. The window, anatomy frame and counterfactual target depend on (seed, index) only."""
@@ -139,9 +145,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     (real | candidates). Returns this chunk's rows.
     """
     out_csv = Path(out_csv)
-    data = DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=model.config["frames"],
-                          fps=model.config.get("fps"),
-                          cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    data = _clips(model, cfg)
     n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
     indices = list(chunk_indices(n, cfg.chunk, cfg.chunks))
     settings = _settings(cfg, model_id, regressor_id)
@@ -365,8 +369,7 @@ def regressor_distance(scores: pd.DataFrame, score_csvs: Sequence[str | os.PathL
 
 def real_clips(model: CascadeModel, cfg: ScoreConfig, names: Sequence[str]) -> torch.Tensor:
     """The real clips ``(N, 3, T, H, W)`` the named videos were scored against (same windows)."""
-    data = DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=model.config["frames"],
-                          fps=model.config.get("fps"))
+    data = _clips(model, cfg)
     index = {name: i for i, name in enumerate(data.filelist.FileName)}
     return torch.stack([video_item(data, index[name], cfg)[2] for name in names])
 
@@ -391,11 +394,13 @@ def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
     from echodiff.diffusion import load_model_folder
     from echodiff.ef_training import load_regressor
 
+    def local_or_run_id(value: str) -> str | Path:
+        path = resolve_path(value)
+        return path if path.exists() else value
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model_folder(resolve_path(params["model"]) if Path(resolve_path(params["model"])).exists()
-                              else params["model"]).to(device)
-    regressor = load_regressor(resolve_path(params["regressor"]) if Path(resolve_path(params["regressor"])).exists()
-                               else params["regressor"]).to(device)
+    model = load_model_folder(local_or_run_id(params["model"])).to(device)
+    regressor = load_regressor(local_or_run_id(params["regressor"])).to(device)
     return model, regressor
 
 
