@@ -49,6 +49,7 @@ class EFTrainConfig:
     period: int = 2
     image_size: int = 112  # clips are resized to this (area averaging) after augmentation
     pad: int | None = 12  # training augmentation: zero-pad then random crop back to 112 px
+    train_clips: int | str = 1  # 1: a random 2-s window per video and epoch (EchoNet's); "first": the one at frame 0
     width: int = 64  # R(2+1)D channel width; 64 = torchvision's r2plus1d_18
     pretrained: str | None = None  # "kinetics" (local torch cache), a path, or None
     normalize: str = "none"  # none: the model sees [0, 1]; train: per-channel TRAIN mean/std (EchoNet's recipe)
@@ -58,7 +59,8 @@ class EFTrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     lr_step_period: int | None = None  # StepLR(gamma 0.1) every this many epochs; None: constant lr
-    batch_size: int = 16
+    batch_size: int = 16  # per process (GPU); the global batch is batch_size x processes x grad_accum
+    grad_accum: int = 1  # micro-batches per optimizer step
     epochs: int = 100
     mixed_precision: str = "fp16"  # no | fp16 | bf16 (fp16 falls back to no on a CPU)
     num_workers: int = 4
@@ -66,6 +68,13 @@ class EFTrainConfig:
     eval_protocol: str = "single"  # single: the 2-s window at frame 0 (the seed's); all: mean over every window
     eval_batch_size: int = 16
     cache_dir: str | None = None  # decoded-video cache folder (None: decode every epoch)
+    # The training set of the rebalancing variants (echodiff.rebalance); the defaults train on real TRAIN only.
+    synthetic_roots: list[str] = dataclasses.field(default_factory=list)  # EchoNet-format synthetic folders
+    use_synthetic: bool = False  # pool synthetic_roots' TRAIN rows with the real ones
+    real_train: bool = True  # False: synthetic only (VAL and TEST stay real)
+    train_subset: int | None = None  # resample_N: N random real TRAIN videos
+    per_bin: int | None = None  # balance_Kpb: the pool drawn to K items per EF bin, with replacement
+    bin_width: float = 1.0  # EF bin width (%) for per_bin
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EFTrainConfig:
@@ -73,12 +82,30 @@ class EFTrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
 
-    def dataset(self, split: str, train: bool, clips: int | str = 1) -> EchoNetDynamic:
-        """The clips this config trains or evaluates on, in [0, 1]."""
+    @classmethod
+    def for_variant(cls, params: dict[str, Any], variant: str) -> EFTrainConfig:
+        """The config of a rebalancing variant (``reference``, ``resample_N``, ``balance_Kpb``, ``all_samples``,
+        ``synthetic_only``; see :func:`echodiff.rebalance.parse_variant`) on top of ``params``."""
+        from echodiff.rebalance import parse_variant
+
+        return cls.from_params({**params, **parse_variant(variant)})
+
+    def dataset(self, split: str, train: bool, clips: int | str = 1, root: str | None = None) -> EchoNetDynamic:
+        """The clips this config trains or evaluates on (``root``: default ``data_root``), in [0, 1]."""
         return EchoNetDynamic(
-            resolve_path(self.data_root), split, target_type=["EF", "FileName"], length=self.frames,
+            resolve_path(root or self.data_root), split, target_type=["EF", "FileName"], length=self.frames,
             period=self.period, fps=self.fps, clips=clips, max_length=None, mean=0.0, std=255.0,
             pad=self.pad if train else None, cache=resolve_path(self.cache_dir) if self.cache_dir else None)
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        """The training clips: real TRAIN, or the variant's pooled and resampled set (``.labels``: EF %)."""
+        from echodiff.rebalance import training_set
+
+        if not (self.use_synthetic or self.train_subset or self.per_bin or not self.real_train):
+            return self.dataset("train", train=True, clips=self.train_clips)
+        return training_set(self.data_root, self.synthetic_roots if self.use_synthetic else [], self.real_train,
+                            lambda root: self.dataset("train", train=True, clips=self.train_clips, root=root),
+                            self.train_subset, self.per_bin, self.bin_width, self.seed)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -100,7 +127,7 @@ def _check_splits(cfg: EFTrainConfig) -> float:
     root = resolve_path(cfg.data_root)
     filelist, _ = read_filelist(root)
     counts = filelist["Split"].value_counts()
-    for split in ("TRAIN", "VAL"):
+    for split in ("TRAIN", "VAL") if cfg.real_train else ("VAL",):
         if counts.get(split, 0) == 0:
             raise DatasetError(f"{root / 'FileList.csv'}: no {split} rows; the EF regressor needs TRAIN and VAL "
                                f"videos (found {counts.to_dict()}). Fix the Split column.")
@@ -116,11 +143,15 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     """
     checkpoint_dir = resolve_path(checkpoint_dir)
     train_mean = _check_splits(cfg)
+    train_data = cfg.train_dataset()
+    if hasattr(train_data, "labels"):  # a variant's pooled set: its own mean EF
+        train_mean = float(train_data.labels.mean())
     precision = cfg.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         print("ef_training: fp16 needs a GPU; training in fp32 on the CPU")
         precision = "no"
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),  # CPU processes: gloo
+                              gradient_accumulation_steps=cfg.grad_accum)
     seed_everything(cfg.seed)
     bias = train_mean if cfg.bias is None else cfg.bias
     mean, std = (0.0,) * 3, (1.0,) * 3
@@ -155,7 +186,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
             for row in history:
                 mlflow.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"])
     model, optimizer = accelerator.prepare(model, optimizer)
-    train_data, val_data = cfg.dataset("train", train=True), cfg.dataset("val", train=False, clips="first")
+    val_data = cfg.dataset("val", train=False, clips="first")
     val_loader = accelerator.prepare(torch.utils.data.DataLoader(
         val_data, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers))
     todo = f"epochs {start_epoch}..{cfg.epochs - 1}" if start_epoch < cfg.epochs else "all epochs already done"
@@ -173,11 +204,12 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
         total, count = 0.0, 0
         for video, (ef, _) in tqdm(loader, desc=f"epoch {epoch}", leave=False,
                                    disable=not accelerator.is_main_process):
-            with accelerator.autocast():
-                loss = F.mse_loss(model(resize(video, cfg.image_size)).float(), ef.float())
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
+            with accelerator.accumulate(model):  # BatchNorm sees one micro-batch per process, as on N GPUs
+                with accelerator.autocast():
+                    loss = F.mse_loss(model(resize(video, cfg.image_size)).float(), ef.float())
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             preempt.check(f"{checkpoint_dir / 'last.pt'} (epoch {epoch - 1}; epoch {epoch} restarts)")
             n = accelerator.gather_for_metrics(ef).numel()
             total += float(accelerator.reduce(loss.detach(), "mean")) * n
@@ -283,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.file, args.overrides)
     cfg = EFTrainConfig.from_params(params)
     checkpoint_dir = params.get("checkpoint_dir", "outputs/ef_regression")
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:
         train_ef_regressor(cfg, checkpoint_dir)
         return 0

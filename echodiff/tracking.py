@@ -95,6 +95,23 @@ def stage_run(
     end_stage()
 
 
+@contextlib.contextmanager
+def child_run(name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run nested under the active run (e.g. one regressor variant of the rebalancing stage), named ``name``,
+    tagged ``echodiff.child``; FAILED if the body raises, and the parent is the active run again afterwards."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("child_run needs an active MLflow run (start the stage run first)")
+    run = mlflow.start_run(run_name=name, nested=True)
+    mlflow.set_tags({"echodiff.child": name, **(tags or {})})
+    log_params(params)
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
+
+
 def log_params(params: dict[str, Any]) -> None:
     """Log parameters, stringifying values MLflow cannot take and skipping ones already logged identically."""
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params

@@ -63,7 +63,7 @@ def read_filelist(root: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     if not path.is_file():
         raise DatasetError(f"{path}: FileList.csv not found; {root} must be an EchoNet-Dynamic folder.")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"FileName": str})  # names such as 000001 stay names
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable CSV ({exc}); restore the file from the dataset.") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -99,7 +99,7 @@ def read_tracings(root: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
     if not path.is_file():
         return {}
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"FileName": str})  # names such as 000001 stay names
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable CSV ({exc}); restore the file from the dataset.") from exc
     if list(frame.columns) != TRACING_COLUMNS:

@@ -27,7 +27,9 @@ from echodiff.io import atomic_path, atomic_write_text
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
 #: all-zero token that imagen-pytorch reads as "no condition"; "ef" is the seed's EF/100 (released weights).
-EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1}
+EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1, "ef_fourier": 18}
+#: frequencies (cycles per 100 EF points) of the ``ef_fourier`` embedding
+_FOURIER_FREQS = torch.arange(1, 9, dtype=torch.float32)
 #: t5-v1_1-base's d_model, the only thing imagen-pytorch's default arguments ask of the T5 config.
 _T5_BASE_D_MODEL = 768
 
@@ -61,7 +63,11 @@ def import_imagen() -> ModuleType:
 
 
 def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") -> torch.Tensor:
-    """EF (%) ``(B,)`` -> one-token text embedding ``(B, 1, D)`` (D = 2 for ``ef_flag``, 1 for ``ef``).
+    """EF (%) ``(B,)`` -> one-token text embedding ``(B, 1, D)``.
+
+    ``ef`` (D = 1): the seed's EF/100. ``ef_flag`` (D = 2): [EF/100, 1], never the all-zero "no condition" token.
+    ``ef_fourier`` (D = 18): [EF/100, 1, sin(2 pi k EF/100), cos(2 pi k EF/100) for k = 1..8], which separates
+    nearby EFs far more than one scalar does (a small network picks it up sooner).
 
     Raises ``ValueError`` for EF outside 0-100, and for EF 0 with the seed's ``ef`` embedding (it would be the
     all-zero token, i.e. silently unconditional).
@@ -71,6 +77,9 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
         raise ValueError(f"EF must be within 0-100 % (got {ef.tolist()})")
     if kind == "ef_flag":
         return torch.stack([ef / 100.0, torch.ones_like(ef)], dim=-1)[:, None, :]
+    if kind == "ef_fourier":
+        angle = 2 * torch.pi * (ef / 100.0)[:, None] * _FOURIER_FREQS
+        return torch.cat([(ef / 100.0)[:, None], torch.ones_like(ef)[:, None], angle.sin(), angle.cos()], -1)[:, None]
     if kind == "ef":
         if (ef == 0).any():
             raise ValueError("EF 0 gives an all-zero embedding, which this model (the seed's 'ef' embedding) "

@@ -68,10 +68,19 @@ class DiffusionTrainConfig:
 
 
 class _EpochOrder(torch.utils.data.Sampler):
-    """Indices of epoch ``epoch`` in a (seed, epoch)-determined order, starting after ``skip`` of them."""
+    """Indices of epoch ``epoch`` in a (seed, epoch)-determined order, starting after ``skip`` of them.
 
-    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0):
-        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()[skip:]
+    With ``processes`` > 1, this process's share: of every global batch (``batch`` x ``processes`` consecutive
+    indices of the order) the ``rank``-th slice of ``batch``, so N processes see what one process would see with
+    an N-times larger batch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0, batch: int = 1, rank: int = 0,
+                 processes: int = 1):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()[skip:]
+        per_step = batch * processes
+        order = order[:len(order) // per_step * per_step]
+        self.order = [i for g in range(0, len(order), per_step) for i in order[g + rank * batch:g + (rank + 1) * batch]]
 
     def __iter__(self):
         return iter(self.order)
@@ -100,7 +109,8 @@ def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
         imagen=cascade.imagen, lr=cfg.lr, use_ema=True, only_train_unet_number=cfg.stage,
         precision=None if precision == "no" else precision, fp16=False, split_batches=False, verbose=False,
         ema_beta=cfg.ema_beta, ema_update_after_step=cfg.ema_update_after_step,
-        ema_update_every=cfg.ema_update_every)
+        ema_update_every=cfg.ema_update_every,
+        accelerate_cpu=not torch.cuda.is_available())  # several CPU processes (torchrun, accelerate) use gloo
 
 
 def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: bool = True,
@@ -127,20 +137,26 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
         set_rng_state(extra["rng"])
         trainer.print(f"diffusion: resuming stage {cfg.stage} from {path} at step "
                       f"{int(trainer.steps[cfg.stage - 1])}")
+    if trainer.accelerator.num_processes > 1 and trainer.accelerator.process_index > 0:
+        # same initial weights everywhere (above), but each process draws its own noise levels and noise
+        torch.manual_seed(cfg.seed + 1_000_003 * trainer.accelerator.process_index + int(trainer.steps[cfg.stage - 1]))
     cache = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
     data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=config["frames"], fps=config["fps"], cache=cache)
     val = DiffusionClips(resolve_path(cfg.data_root), "val", frames=config["frames"], fps=config["fps"], cache=cache)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
-    per_epoch = max(1, len(data) // cfg.batch_size)
+    rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
+    per_epoch = max(1, len(data) // (cfg.batch_size * processes))  # optimizer steps per epoch
     step = int(trainer.steps[cfg.stage - 1])
     trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
-                  f"{len(data)} TRAIN videos, batch {cfg.batch_size}, device {trainer.device}")
+                  f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
+                  f"device {trainer.device}")
     ran, start = 0, time.perf_counter()
     while step < cfg.steps and (stop_after_steps is None or ran < stop_after_steps):
         epoch, offset = divmod(step, per_epoch)
         loader = torch.utils.data.DataLoader(
             data, batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.num_workers,
-            sampler=_EpochOrder(len(data), cfg.seed, epoch, offset * cfg.batch_size),
+            sampler=_EpochOrder(len(data), cfg.seed, epoch, offset * cfg.batch_size * processes, cfg.batch_size,
+                                rank, processes),
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
         for anatomy, ef, clip in loader:
             loss = trainer(to_video_channels(clip, channels), text_embeds=ef_embedding(ef, kind),
@@ -186,8 +202,10 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
 
 
 def save_trainer(trainer: Any, path: Path, config: dict[str, Any], history: list[dict[str, float]]) -> None:
-    """ImagenTrainer.save to a temporary file beside ``path``, renamed into place (main process only)."""
+    """ImagenTrainer.save to a temporary file beside ``path``, renamed into place. Every process must call it
+    (ImagenTrainer.save starts with a barrier); only the main process writes."""
     if not trainer.is_main:
+        trainer.save(str(path))  # the barrier; ImagenTrainer writes nothing on other processes
         return
     with atomic_path(path) as tmp:
         trainer.save(str(tmp), config=config, history=history, rng=rng_state())
@@ -195,6 +213,8 @@ def save_trainer(trainer: Any, path: Path, config: dict[str, Any], history: list
 
 def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Path:
     """Write the cascade (online weights + EMA U-Nets) as ``folder/config.yaml`` + ``folder/merged.pt``."""
+    if not trainer.is_main:  # one writer under accelerate launch
+        return resolve_path(folder)
     cascade = CascadeModel(config, imagen=trainer.imagen)
     cascade.steps.copy_(trainer.steps.cpu())
     trainer.reset_ema_unets_all_one_device()

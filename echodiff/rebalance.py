@@ -1,0 +1,317 @@
+"""The rebalancing study: top up a skewed TRAIN EF histogram with synthetic videos, train regressor variants.
+
+Three steps, as EchoDiffusion's ``ef_balancing.ipynb``, ``generate_dataset.py`` and ``train_balanced.py``:
+
+1. :func:`balancing_plan` -- from the TRAIN EF histogram, one target EF (%) per missing video, so that every bin
+   of ``ef_range`` holds ``per_bin`` videos (seed: 1 % bins from 10 to 90 %, 100 per bin; targets bin + U(0, w)).
+2. :func:`generate_dataset` -- one video per target from a random TRAIN anatomy frame, the candidate (of
+   ``num_noise``) whose regressed EF is closest to the target kept, written as an EchoNet-Dynamic folder
+   (``Videos/000000.avi``, ``FileList.csv`` with Split TRAIN, EF = TargetEF, and the report columns
+   CondImageFileName, ID, TargetEF, EstimatedEF in %). Resumable: finished IDs are kept, writes are atomic.
+3. :func:`training_set` (used by :class:`echodiff.ef_training.EFTrainConfig`) -- the variants: ``resample_N``
+   (N random real TRAIN videos), ``balance_Kpb`` (real + synthetic pooled in bins, K drawn per bin with
+   replacement), ``all_samples`` (real + every synthetic video), ``synthetic_only``; and
+   :func:`per_bin_metrics` / :func:`balanced_subset` for evaluating them per EF bin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from echodiff.config import resolve_path
+from echodiff.data import DatasetError, DiffusionClips, read_filelist
+from echodiff.data.transforms import resize
+from echodiff.data.video import write_video
+from echodiff.diffusion.sampling import sample
+from echodiff.io import atomic_write_csv
+from echodiff.models.ef_regressor import regress_ef
+
+PLAN_COLUMNS = ["ID", "Bin", "TargetEF"]
+REPORT_COLUMNS = ["CondImageFileName", "ID", "TargetEF", "EstimatedEF"]
+VARIANT_PATTERN = re.compile(r"^(reference|all_samples|synthetic_only|resample_(\d+)|balance_(\d+)pb)$")
+
+
+def bin_edges(bin_width: float, ef_range: Sequence[float]) -> np.ndarray:
+    """Lower edges (%) of the bins ``[lo, lo + bin_width)`` that tile ``ef_range``."""
+    lo, hi = float(ef_range[0]), float(ef_range[1])
+    if not 0 <= lo < hi <= 100 or bin_width <= 0:
+        raise ValueError(f"need 0 <= ef_range[0] < ef_range[1] <= 100 and bin_width > 0, got {ef_range}, {bin_width}")
+    return lo + bin_width * np.arange(int(np.ceil((hi - lo) / bin_width - 1e-9)))
+
+
+def bin_of(ef: np.ndarray | pd.Series, bin_width: float, origin: float = 0.0) -> np.ndarray:
+    """Lower edge of the bin each EF (%) falls in (bins of ``bin_width`` aligned on ``origin``)."""
+    ef = np.asarray(ef, dtype=float)
+    return origin + np.floor((ef - origin) / bin_width + 1e-9) * bin_width
+
+
+def balancing_plan(efs: Sequence[float] | np.ndarray, bin_width: float = 1.0, per_bin: int = 100,
+                   ef_range: Sequence[float] = (10.0, 90.0), seed: int = 0) -> pd.DataFrame:
+    """Target EFs that top every bin of ``ef_range`` up to ``per_bin`` videos.
+
+    Args:
+        efs: the TRAIN EFs (%).
+        bin_width: bin width (%), bins ``[lo, lo + w)`` from ``ef_range[0]``; bins outside the range are left alone.
+        per_bin: videos wanted per bin (bins already above it are left alone).
+    Returns:
+        columns ID (0..n-1), Bin (lower edge, %), TargetEF (Bin + U(0, bin_width), %).
+    """
+    efs = np.asarray(efs, dtype=float)
+    if efs.size == 0 or np.isnan(efs).any():
+        raise ValueError("balancing_plan needs the TRAIN EFs (non-empty, no NaN)")
+    edges = bin_edges(bin_width, ef_range)
+    counts = pd.Series(bin_of(efs, bin_width, edges[0])).value_counts()
+    missing = [(lo, max(0, int(per_bin) - int(counts.get(lo, 0)))) for lo in edges]
+    bins = np.concatenate([np.full(m, lo) for lo, m in missing]) if missing else np.zeros(0)
+    rng = np.random.default_rng(seed)
+    targets = bins + rng.uniform(0.0, bin_width, size=bins.size)
+    targets = np.minimum(targets, np.nextafter(bins + bin_width, bins))  # stays inside its bin
+    return pd.DataFrame({"ID": np.arange(bins.size), "Bin": bins, "TargetEF": targets})
+
+
+def train_efs(data_root: str | os.PathLike) -> np.ndarray:
+    """EFs (%) of the TRAIN rows of an EchoNet-format folder."""
+    filelist, _ = read_filelist(resolve_path(data_root))
+    return pd.to_numeric(filelist.loc[filelist.Split == "TRAIN", "EF"], errors="coerce").dropna().to_numpy()
+
+
+def write_plan(plan: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The plan as CSV, atomically."""
+    return atomic_write_csv(plan[PLAN_COLUMNS], resolve_path(path), index=False)
+
+
+def read_plan(path: str | os.PathLike) -> pd.DataFrame:
+    """A plan CSV, checked for its columns and EF range."""
+    path = resolve_path(path)
+    try:
+        plan = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: not a readable plan CSV ({exc}); write it with echodiff.rebalance.write_plan"
+                         ) from exc
+    missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
+    if missing:
+        raise ValueError(f"{path}: plan is missing columns {missing} (expected {PLAN_COLUMNS})")
+    bad = plan[(plan.TargetEF < 0) | (plan.TargetEF > 100) | plan.TargetEF.isna()]
+    if len(bad):
+        raise ValueError(f"{path}: TargetEF outside 0-100 % on IDs {bad.ID.tolist()[:10]}")
+    return plan
+
+
+@dataclass
+class GenerateConfig:
+    """How the synthetic dataset is generated (EF in %, steps per stage)."""
+
+    data_root: str = "data/phantom"  # real EchoNet-format folder: the TRAIN anatomy frames
+    num_noise: int = 3  # candidates per target; the one whose regressed EF is closest is kept
+    cond_scale: float = 1.0  # the seed generates its dataset with guidance scale 1
+    steps: Any = None  # sampler steps (one or per stage); None: the model's
+    churn: Any = None  # EDM S_churn (one or per stage); None: the model's
+    batch_targets: int = 4  # targets per sampling batch (x num_noise videos); FileList.csv is rewritten after each
+    size: int = 112  # written frame size (px), EchoNet-Dynamic's
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+def _anatomy(data: DiffusionClips, target_id: int, seed: int) -> tuple[torch.Tensor, str]:
+    """A random frame of a random 2-s window of a random TRAIN video, fixed by (seed, ID)."""
+    rng = np.random.default_rng([seed, target_id])
+    index = int(rng.integers(len(data)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2**31)))
+        anatomy, _, _ = data[index]
+    return anatomy, str(data.filelist.FileName.iloc[index])
+
+
+def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
+    """The FileList.csv of a synthetic dataset (empty frame when there is none yet)."""
+    path = resolve_path(out_root) / "FileList.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=[*FILELIST_COLUMNS, *REPORT_COLUMNS[:1], *REPORT_COLUMNS[2:]])
+    frame = pd.read_csv(path, dtype={"FileName": str, "CondImageFileName": str, "Model": str, "Steps": str,
+                                     "Churn": str})
+    missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a synthetic dataset of echodiff (missing {missing}); use another out_root")
+    return frame
+
+
+FILELIST_COLUMNS = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"]
+
+
+def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: str | os.PathLike,
+                     cfg: GenerateConfig, model_id: str = "", progress: bool = True) -> pd.DataFrame:
+    """Generate one video per plan row into ``out_root`` (EchoNet-Dynamic layout); return its FileList.
+
+    Each target gets ``num_noise`` candidates from the same anatomy frame; the one whose regressed EF is closest
+    to the target is written as ``Videos/{ID:06d}.avi`` (``size`` px, the model's frame rate). Rows already in
+    ``FileList.csv`` are kept (resume: they must come from the same ``model_id``, e.g. the stage-02 run id, and
+    settings, else this raises rather than mix two generators in one dataset); the CSV is rewritten atomically
+    after every batch, videos first, so a listed video always exists. Same (seed, ID) -> same anatomy and noise, so a redone batch is the same batch.
+    """
+    out_root = resolve_path(out_root)
+    (out_root / "Videos").mkdir(parents=True, exist_ok=True)
+    if cfg.num_noise < 1:
+        raise ValueError(f"num_noise must be >= 1, got {cfg.num_noise}")
+    frames, fps = int(model.config["frames"]), float(model.config.get("fps") or 8.0)
+    data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=frames, fps=fps,
+                          cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    done = read_synthetic(out_root)
+    settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": float(cfg.cond_scale),
+                "Steps": "config" if cfg.steps is None else str(cfg.steps),
+                "Churn": "config" if cfg.churn is None else str(cfg.churn)}
+    for key, value in settings.items():
+        found = set(done[key].fillna("").astype(type(value))) if key in done and len(done) else {value}
+        if found != {value}:
+            raise ValueError(f"{out_root / 'FileList.csv'} holds videos made with {key}={sorted(map(str, found))}, "
+                             f"not {value!r}: use another out_root (or delete it to start over)")
+    known = set(done.ID.astype(int)) if len(done) else set()
+    dupes = plan.ID[plan.ID.duplicated()].tolist()
+    if dupes:
+        raise ValueError(f"plan has duplicate IDs {dupes[:10]}")
+    todo = plan[~plan.ID.astype(int).isin(known)]
+    device = next(model.parameters()).device
+    batches = [todo.iloc[i:i + cfg.batch_targets] for i in range(0, len(todo), cfg.batch_targets)]
+    for batch in tqdm(batches, desc="synthetic dataset", disable=not progress or not batches):
+        ids = batch.ID.astype(int).tolist()
+        items = [_anatomy(data, i, cfg.seed) for i in ids]
+        anatomy = torch.stack([a for a, _ in items]).repeat_interleave(cfg.num_noise, 0)
+        targets = torch.tensor(batch.TargetEF.to_numpy(float), dtype=torch.float32).repeat_interleave(cfg.num_noise)
+        noise_seed = int(np.random.default_rng([cfg.seed, ids[0], 1]).integers(2**31))
+        videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
+                        cond_scale=cfg.cond_scale, seed=noise_seed, device=device)
+        estimated = regress_ef(regressor, videos, fps).reshape(len(ids), cfg.num_noise)
+        pick = (estimated - targets.reshape(len(ids), cfg.num_noise)).abs().argmin(1)
+        rows = []
+        for k, (target_id, (_, source)) in enumerate(zip(ids, items, strict=True)):
+            video = videos[k * cfg.num_noise + int(pick[k])]
+            video = resize(video[None], cfg.size)[0] if video.shape[-1] != cfg.size else video
+            name = f"{target_id:06d}"
+            write_video(out_root / "Videos" / f"{name}.avi", (video.clamp(0, 1) * 255).round().byte().numpy(), fps)
+            target = float(batch.TargetEF.iloc[k])
+            rows.append({"FileName": name, "EF": target, "ESV": np.nan, "EDV": np.nan, "FrameHeight": cfg.size,
+                         "FrameWidth": cfg.size, "FPS": fps, "NumberOfFrames": frames, "Split": "TRAIN",
+                         "CondImageFileName": source, "ID": target_id, "TargetEF": target,
+                         "EstimatedEF": float(estimated[k, int(pick[k])]), **settings})
+        done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True) if len(done) else pd.DataFrame(rows)
+        atomic_write_csv(done.sort_values("ID"), out_root / "FileList.csv", index=False)
+    if not (out_root / "VolumeTracings.csv").exists():  # the format's second file: no tracings for synthetic videos
+        atomic_write_csv(pd.DataFrame(columns=["FileName", "X1", "Y1", "X2", "Y2", "Frame"]),
+                         out_root / "VolumeTracings.csv", index=False)
+    return read_synthetic(out_root)
+
+
+def parse_variant(name: str) -> dict[str, Any]:
+    """``reference`` | ``resample_N`` | ``balance_Kpb`` | ``all_samples`` | ``synthetic_only`` -> the
+    :class:`~echodiff.ef_training.EFTrainConfig` fields that make it (``train_subset``, ``per_bin``,
+    ``use_synthetic``, ``real_train``)."""
+    match = VARIANT_PATTERN.match(name)
+    if not match:
+        raise ValueError(f"unknown regressor variant {name!r}: use reference, resample_N, balance_Kpb, "
+                         "all_samples or synthetic_only")
+    if match.group(2):
+        return {"train_subset": int(match.group(2))}
+    if match.group(3):
+        return {"per_bin": int(match.group(3)), "use_synthetic": True}
+    return {"all_samples": {"use_synthetic": True}, "synthetic_only": {"use_synthetic": True, "real_train": False},
+            "reference": {}}[name]
+
+
+def training_indices(labels: np.ndarray, is_real: np.ndarray, train_subset: int | None = None,
+                     per_bin: int | None = None, bin_width: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Indices into a pooled training set (``labels`` EF %, ``is_real`` mask) for one variant.
+
+    ``train_subset``: that many real videos, drawn without replacement. ``per_bin``: every occupied bin of width
+    ``bin_width`` drawn to exactly ``per_bin`` items, with replacement (the seed's ``balance_*pb``). Neither:
+    everything.
+    """
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(labels))
+    if train_subset is not None:
+        real = everything[is_real]
+        if train_subset > len(real):
+            raise ValueError(f"resample_{train_subset}: only {len(real)} real TRAIN videos")
+        return np.sort(rng.choice(real, size=train_subset, replace=False))
+    if per_bin is not None:
+        bins = bin_of(labels, bin_width)
+        return np.concatenate([rng.choice(everything[bins == b], size=per_bin, replace=True)
+                               for b in np.unique(bins)])
+    return everything
+
+
+def training_set(real_root: str | os.PathLike, synthetic_roots: Sequence[str | os.PathLike], real_train: bool,
+                 make: Any, train_subset: int | None = None, per_bin: int | None = None, bin_width: float = 1.0,
+                 seed: int = 0) -> torch.utils.data.Dataset:
+    """The pooled, resampled TRAIN set of a variant. ``make(root)`` builds one folder's TRAIN dataset."""
+    parts, labels, is_real = [], [], []
+    roots = ([real_root] if real_train else []) + list(synthetic_roots)
+    if not roots:
+        raise ValueError("no training data: real_train is False and no synthetic_roots are given")
+    for root in roots:
+        dataset = make(root)
+        parts.append(dataset)
+        labels.append(pd.to_numeric(dataset.filelist.EF).to_numpy(float))
+        is_real.append(np.full(len(dataset), root == real_root and real_train))
+        if len(dataset) == 0:
+            raise DatasetError(f"{resolve_path(root) / 'FileList.csv'}: no TRAIN videos")
+    indices = training_indices(np.concatenate(labels), np.concatenate(is_real), train_subset, per_bin, bin_width,
+                               seed)
+    pooled = torch.utils.data.ConcatDataset(parts)
+    subset = torch.utils.data.Subset(pooled, indices.tolist())
+    subset.labels = np.concatenate(labels)[indices]
+    return subset
+
+
+def balanced_subset(predictions: pd.DataFrame, per_bin: int = 10, bin_width: float = 1.0,
+                    ef_range: Sequence[float] = (10.0, 90.0), seed: int = 0) -> pd.DataFrame:
+    """At most ``per_bin`` rows per EF bin of ``ef_range`` (the seed's balanced VAL+TEST set), drawn without
+    replacement with a fixed seed, so every variant is scored on the same videos."""
+    edges = bin_edges(bin_width, ef_range)
+    bins = bin_of(predictions.EF, bin_width, edges[0])
+    inside = (predictions.EF >= edges[0]) & (predictions.EF < edges[-1] + bin_width)
+    frame = predictions[inside].assign(Bin=bins[inside.to_numpy()])
+    return (frame.groupby("Bin", group_keys=False)
+            .apply(lambda g: g.sample(n=min(per_bin, len(g)), random_state=seed))
+            .reset_index(drop=True))
+
+
+def per_bin_metrics(predictions: pd.DataFrame, bin_width: float = 10.0) -> pd.DataFrame:
+    """MAE and count per EF bin (lower edge, %) of predictions with columns EF, EF_pred."""
+    error = (predictions.EF_pred - predictions.EF).abs()
+    frame = predictions.assign(Bin=bin_of(predictions.EF, bin_width), error=error)
+    return frame.groupby("Bin").agg(n=("error", "size"), mae=("error", "mean")).reset_index()
+
+
+def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_width: float = 1.0,
+                       ef_range: Sequence[float] = (10.0, 90.0), report_bin_width: float = 10.0,
+                       seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Score one regressor variant on the real VAL and TEST splits and the balanced VAL+TEST set.
+
+    Returns the predictions (columns FileName, Split, EF, EF_pred, Balanced) and metrics ``{val,test,
+    balanced}_{mae,rmse,r2}`` plus ``balanced_mae_bin_<lo>`` per ``report_bin_width`` bin (same names for every
+    variant, so MLflow's compare view lines them up).
+    """
+    from echodiff.ef_training import predict
+    from echodiff.metrics import regression_metrics
+
+    predictions = pd.concat([predict(model, cfg, split) for split in ("val", "test")], ignore_index=True)
+    balanced = balanced_subset(predictions, balanced_per_bin, bin_width, ef_range, seed)
+    predictions["Balanced"] = predictions.FileName.isin(balanced.FileName)
+    metrics: dict[str, float] = {}
+    for name, frame in (("val", predictions[predictions.Split == "VAL"]),
+                        ("test", predictions[predictions.Split == "TEST"]), ("balanced", balanced)):
+        if len(frame) >= 2:
+            scores = regression_metrics(frame.EF.to_numpy(), frame.EF_pred.to_numpy(), bootstrap=0)
+            metrics.update({f"{name}_{k}": v for k, v in scores.items()})
+    for row in per_bin_metrics(balanced, report_bin_width).itertuples():
+        metrics[f"balanced_mae_bin_{int(row.Bin):02d}"] = float(row.mae)
+    return predictions, metrics

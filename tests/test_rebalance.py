@@ -1,0 +1,119 @@
+"""Rebalancing study: the plan, the synthetic EchoNet-format dataset (real AVIs, resumable) and the variants."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_diffusion import tiny_config
+
+from echodiff import rebalance
+from echodiff.data import EchoNetDynamic
+from echodiff.diffusion import CascadeModel
+from echodiff.ef_training import EFTrainConfig, train_ef_regressor
+from echodiff.models.ef_regressor import EFRegressor
+
+
+def test_plan_tops_every_bin_up_to_the_requested_count_exactly():
+    rng = np.random.default_rng(1)
+    efs = np.clip(rng.normal(58, 10, 700), 5, 95)
+    plan = rebalance.balancing_plan(efs, bin_width=2.0, per_bin=12, ef_range=(10, 90), seed=4)
+    assert list(plan.ID) == list(range(len(plan)))
+    assert ((plan.TargetEF >= plan.Bin) & (plan.TargetEF < plan.Bin + 2.0)).all()
+    edges = np.arange(10, 90, 2.0)
+    before = np.histogram(efs, bins=np.append(edges, 90))[0]
+    after = np.histogram(np.concatenate([efs, plan.TargetEF]), bins=np.append(edges, 90))[0]
+    assert (after == np.maximum(before, 12)).all() and (before > 12).any() and (before < 12).any()
+    outside = np.histogram(np.concatenate([efs, plan.TargetEF]), bins=[0, 10, 90, 100])[0]
+    assert outside[0] == (efs < 10).sum() and outside[2] == (efs >= 90).sum()  # bins outside the range untouched
+    again = rebalance.balancing_plan(efs, bin_width=2.0, per_bin=12, ef_range=(10, 90), seed=4)
+    pd.testing.assert_frame_equal(plan, again)
+
+
+def test_variants_draw_the_right_training_indices():
+    labels = np.array([12.0, 12.5, 30.2, 30.9, 31.1, 55.0, 71.0, 71.5])
+    real = np.array([True] * 5 + [False] * 3)
+    subset = rebalance.training_indices(labels, real, train_subset=3, seed=0)
+    assert len(set(subset)) == 3 and real[subset].all()
+    balanced = rebalance.training_indices(labels, real, per_bin=4, bin_width=1.0, seed=0)
+    counts = pd.Series(rebalance.bin_of(labels[balanced], 1.0)).value_counts()
+    assert counts.eq(4).all() and len(counts) == len(np.unique(np.floor(labels)))
+    assert rebalance.parse_variant("balance_20pb") == {"per_bin": 20, "use_synthetic": True}
+    assert rebalance.parse_variant("resample_395") == {"train_subset": 395}
+    assert rebalance.parse_variant("synthetic_only") == {"use_synthetic": True, "real_train": False}
+    with pytest.raises(ValueError, match="unknown regressor variant 'balance_x'"):
+        rebalance.parse_variant("balance_x")
+    with pytest.raises(ValueError, match="only 5 real TRAIN videos"):
+        rebalance.training_indices(labels, real, train_subset=6)
+
+
+@pytest.fixture(scope="module")
+def cascade_and_regressor():
+    torch.manual_seed(0)
+    return CascadeModel(tiny_config(1)).eval(), EFRegressor(width=4, bias=50.0).eval()
+
+
+def test_synthetic_dataset_reads_back_and_resumes_without_duplicates(phantom_root, cascade_and_regressor, tmp_path,
+                                                                    monkeypatch):
+    model, regressor = cascade_and_regressor
+    plan = pd.DataFrame({"ID": [0, 1, 2], "Bin": [10.0, 20.0, 80.0], "TargetEF": [10.4, 20.7, 80.2]})
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=2, batch_targets=2, steps=2, size=32,
+                                   seed=7)
+    full = rebalance.generate_dataset(model, regressor, plan, tmp_path / "full", cfg, progress=False)
+
+    calls, real_sample = [], rebalance.sample
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while generating the second batch
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(rebalance, "sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rebalance.generate_dataset(model, regressor, plan, tmp_path / "resumed", cfg, progress=False)
+    assert list(pd.read_csv(tmp_path / "resumed" / "FileList.csv").ID) == [0, 1]
+    calls.clear()
+    resumed = rebalance.generate_dataset(model, regressor, plan, tmp_path / "resumed", cfg, progress=False)
+    assert len(calls) == 1 and list(resumed.ID) == [0, 1, 2]  # only the unfinished batch, no duplicates
+    pd.testing.assert_frame_equal(resumed, full)
+
+    data = EchoNetDynamic(tmp_path / "resumed", "train", target_type=["EF", "FileName"], length=4, fps=8,
+                          mean=0.0, std=255.0)
+    assert len(data) == 3
+    video, (ef, name) = data[2]
+    assert video.shape == (3, 4, 32, 32) and name == "000002" and ef == pytest.approx(80.2)
+    assert set(rebalance.REPORT_COLUMNS) <= set(resumed.columns)
+    assert resumed.CondImageFileName.isin(pd.read_csv(phantom_root / "FileList.csv").FileName).all()
+    assert resumed.EstimatedEF.between(1, 100).all()  # in %, not the seed's fraction
+
+
+def test_regressor_variants_train_on_their_pooled_sets(phantom_root, cascade_and_regressor, tmp_path):
+    model, regressor = cascade_and_regressor
+    plan = rebalance.balancing_plan(rebalance.train_efs(phantom_root), bin_width=20.0, per_bin=5,
+                                    ef_range=(10, 90), seed=0).head(4)
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=4, steps=2, size=32)
+    rebalance.generate_dataset(model, regressor, plan, tmp_path / "synthetic", cfg, progress=False)
+    params = dict(data_root=str(phantom_root), synthetic_roots=[str(tmp_path / "synthetic")], frames=4, fps=8,
+                  image_size=16, width=4, batch_size=4, epochs=1, mixed_precision="no", num_workers=0, bias=None,
+                  pad=None)
+    n_real = len(pd.read_csv(phantom_root / "FileList.csv").query("Split == 'TRAIN'"))
+    sizes = {v: len(EFTrainConfig.for_variant(params, v).train_dataset())
+             for v in ("reference", "all_samples", "synthetic_only", "resample_3", "balance_2pb")}
+    labels = np.concatenate([pd.read_csv(phantom_root / "FileList.csv").query("Split == 'TRAIN'").EF, plan.TargetEF])
+    assert sizes == {"reference": n_real, "all_samples": n_real + 4, "synthetic_only": 4, "resample_3": 3,
+                     "balance_2pb": 2 * len(np.unique(np.floor(labels)))}
+    model, history = train_ef_regressor(EFTrainConfig.for_variant(params, "synthetic_only"), tmp_path / "ckpt")
+    assert len(history) == 1 and np.isfinite(history.val_loss).all()
+
+
+def test_synthetic_dataset_refuses_to_mix_generators(phantom_root, cascade_and_regressor, tmp_path):
+    model, regressor = cascade_and_regressor
+    plan = pd.DataFrame({"ID": [0, 1], "Bin": [10.0, 20.0], "TargetEF": [10.4, 20.7]})
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, steps=2, size=32)
+    rebalance.generate_dataset(model, regressor, plan.head(1), tmp_path / "s", cfg, model_id="run-a", progress=False)
+    with pytest.raises(ValueError, match="made with Model=\\['run-a'\\], not 'run-b'"):
+        rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="run-b", progress=False)
+    bad = pd.DataFrame({"ID": [0], "Bin": [10.0], "TargetEF": [120.0]})
+    rebalance.write_plan(bad, tmp_path / "plan.csv")
+    with pytest.raises(ValueError, match="TargetEF outside 0-100 % on IDs \\[0\\]"):
+        rebalance.read_plan(tmp_path / "plan.csv")
