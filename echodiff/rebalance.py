@@ -156,7 +156,8 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     to the target is written as ``Videos/{ID:06d}.avi`` (``size`` px, the model's frame rate). Rows already in
     ``FileList.csv`` are kept (resume: they must come from the same ``model_id``, e.g. the stage-02 run id, and
     settings, else this raises rather than mix two generators in one dataset); the CSV is rewritten atomically
-    after every batch, videos first, so a listed video always exists. Same (seed, ID) -> same anatomy and noise, so a redone batch is the same batch.
+    after every batch, videos first, so a listed video always exists. Same (seed, ID) -> same anatomy and noise,
+    so a redone batch is the same batch.
     """
     out_root = resolve_path(out_root)
     (out_root / "Videos").mkdir(parents=True, exist_ok=True)
