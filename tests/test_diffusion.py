@@ -52,6 +52,10 @@ def test_ef_embedding_is_never_the_unconditional_token():
     assert seed.shape == (1, 1, 1) and float(seed) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="no condition"):
         ef_embedding([0.0], "ef")
+    fourier = ef_embedding([0.0, 50.0, 100.0], "ef_fourier")
+    assert fourier.shape == (3, 1, 18) and torch.all(torch.any(fourier != 0, dim=-1))
+    assert torch.allclose(fourier[:, 0, 2], torch.sin(2 * torch.pi * torch.tensor([0.0, 0.5, 1.0])), atol=1e-6)
+    assert (ef_embedding([40.0], "ef_fourier") - ef_embedding([41.0], "ef_fourier")).norm() > 0.2  # 1 point apart
     for bad in ([-1.0], [101.0], [float("nan")]):
         with pytest.raises(ValueError, match="0-100"):
             ef_embedding(bad)

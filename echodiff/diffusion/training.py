@@ -21,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from echodiff import preempt, tracking
 from echodiff.config import load_params, resolve_path
@@ -151,6 +152,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                   f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
                   f"device {trainer.device}")
     ran, start = 0, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", unit="step", disable=not trainer.is_main,
+               mininterval=5.0)
     while step < cfg.steps and (stop_after_steps is None or ran < stop_after_steps):
         epoch, offset = divmod(step, per_epoch)
         loader = torch.utils.data.DataLoader(
@@ -169,6 +172,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             if step % cfg.val_every == 0 or step == cfg.steps:
                 row["val_loss"] = validation_loss(trainer, val, cfg, kind)
             history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", refresh=False)
             if trainer.is_main and mlflow.active_run() is not None:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or preempt.stop_requested():
@@ -176,6 +181,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                 preempt.check(f"{path} (stage {cfg.stage}, step {step})")
             if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
                 break
+    bar.close()
     if ran:
         save_trainer(trainer, path, config, history)
         trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
