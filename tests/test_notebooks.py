@@ -1,0 +1,36 @@
+"""Every stage notebook: a tagged `parameters` cell papermill can override, outputs stripped in git, and a
+params file for `make demo` whose keys all exist in that cell (a typo would be silently ignored otherwise)."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from echodiff.config import repo_root
+
+NOTEBOOKS = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameters(path: Path) -> set[str]:
+    cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: needs exactly one cell tagged 'parameters', found {len(cells)}"
+    tree = ast.parse("".join(cells[0]["source"]))
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+
+
+def test_every_stage_notebook_is_parameterised_and_clean():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
+    for path in NOTEBOOKS:
+        assert {"experiment", "mlflow_run_id"} <= parameters(path), path.name
+        for cell in json.loads(path.read_text())["cells"]:
+            assert not cell.get("outputs") and cell.get("execution_count") is None, f"{path.name}: strip outputs"
+
+
+@pytest.mark.parametrize("stage", yaml.safe_load((repo_root() / "params/pipeline/demo.yaml").read_text())["stages"],
+                         ids=lambda s: s["name"])
+def test_demo_params_only_name_existing_parameters(stage):
+    names = parameters(repo_root() / stage["notebook"])
+    given = set(yaml.safe_load((repo_root() / stage["params"]).read_text()) or {}) | set(stage.get("inputs") or {})
+    assert given <= names, f"{stage['params']}: unknown parameters {sorted(given - names)}"
