@@ -73,7 +73,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
     rerun_from = names.index(start_from) if start_from else len(names)
     experiment_id = tracking.setup(experiment)
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
-    result: dict[str, Any] = {"stages": {}, "skipped": []}
+    result: dict[str, Any] = {"stages": {}, "skipped": [], "seconds": {}}
     with mlflow.start_run(run_name="pipeline") as parent:
         result["run_id"] = parent.info.run_id
         mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(names)})
@@ -119,8 +119,18 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
             client.log_metric(run_id, "stage_seconds", seconds)
             client.set_tag(run_id, "echodiff.fingerprint", fingerprint)  # only a finished stage can be reused
             mlflow.log_metric(f"{name}_seconds", seconds)
+            result["seconds"][name] = seconds
             print(f"pipeline: stage {name} done in {seconds:.1f} s", flush=True)
+        mlflow.log_metric("pipeline_seconds", sum(result["seconds"].values()))
     return result
+
+
+def timing_table(result: dict[str, Any]) -> str:
+    """Wall time per stage (minutes) and the total, as the pipeline reports it at the end."""
+    lines = [f"  {name:16s} {seconds / 60:7.1f} min" for name, seconds in result["seconds"].items()]
+    lines += [f"  {name:16s} skipped (unchanged)" for name in result["skipped"]]
+    lines.append(f"  {'total':16s} {sum(result['seconds'].values()) / 60:7.1f} min")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
+    print("pipeline: wall time per stage\n" + timing_table(result))
     print(f"pipeline: finished, parent run {result['run_id']}; browse with "
           "`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`")
     return 0

@@ -67,6 +67,7 @@ def test_pipeline_runs_notebook_00_with_nested_run(tmp_path):
     proc = _run(["-f", str(_pipeline(tmp_path, data_root=str(root), phantom_videos=6, phantom_seed=4))], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(pd.read_csv(root / "FileList.csv")) == 6
+    assert "wall time per stage" in proc.stdout and "  data " in proc.stdout and "  total " in proc.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
     try:
         runs = mlflow.search_runs(experiment_names=["pipeline-test"])
