@@ -34,3 +34,15 @@ def test_demo_params_only_name_existing_parameters(stage):
     names = parameters(repo_root() / stage["notebook"])
     given = set(yaml.safe_load((repo_root() / stage["params"]).read_text()) or {}) | set(stage.get("inputs") or {})
     assert given <= names, f"{stage['params']}: unknown parameters {sorted(given - names)}"
+
+
+def test_make_lab_kernel_is_the_project_environment():
+    """`make lab` starts the environment's own JupyterLab; its python3 kernel is this interpreter's."""
+    import subprocess
+    import sys
+
+    jupyter = Path(sys.executable).with_name("jupyter")
+    specs = json.loads(subprocess.run([str(jupyter), "kernelspec", "list", "--json"], capture_output=True,
+                                      text=True, check=True).stdout)["kernelspecs"]
+    assert Path(specs["python3"]["resource_dir"]).resolve().is_relative_to(Path(sys.prefix).resolve())
+    assert "jupyter lab notebooks/" in (repo_root() / "Makefile").read_text()
