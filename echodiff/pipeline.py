@@ -126,9 +126,10 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
 
 
 def timing_table(result: dict[str, Any]) -> str:
-    """Wall time per stage (minutes) and the total, as the pipeline reports it at the end."""
+    """Wall time (minutes) of every stage this invocation ran, and the total, as the pipeline reports it."""
     lines = [f"  {name:16s} {seconds / 60:7.1f} min" for name, seconds in result["seconds"].items()]
-    lines += [f"  {name:16s} skipped (unchanged)" for name in result["skipped"]]
+    if result["skipped"]:
+        lines.append(f"  ({len(result['skipped'])} unchanged stage(s) reused from earlier runs)")
     lines.append(f"  {'total':16s} {sum(result['seconds'].values()) / 60:7.1f} min")
     return "\n".join(lines)
 

@@ -67,7 +67,15 @@ def test_pipeline_and_registry_against_a_real_mlflow_server(server, tmp_path, mo
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
+    previous = mlflow.get_tracking_uri()  # the suite's store: later tests read it through mlflow's global URI
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    try:
+        check_server_store(server, tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def check_server_store(server: str, tmp_path: Path) -> None:
     tracking.setup("server-test")
     runs = mlflow.search_runs(experiment_names=["server-test"])
     parent = runs[runs["tags.mlflow.runName"] == "pipeline"].iloc[0]
@@ -90,4 +98,3 @@ def test_pipeline_and_registry_against_a_real_mlflow_server(server, tmp_path, mo
     assert (first, second) == ("1", "2")
     client = mlflow.tracking.MlflowClient(server)
     assert {v.version for v in client.search_model_versions("name='server-test-model'")} == {"1", "2"}
-    mlflow.set_tracking_uri(tracking.local_uri())

@@ -37,6 +37,7 @@ def test_submitted_pipeline_chains_stages_into_mlflow_runs(cluster, tmp_path):
     states = wait_for_jobs(cluster, list(jobs.values()), timeout=900)
     logs = {s: (repo_root() / "slurm" / "logs" / f"echodiff-{s}-{j}.out") for s, j in jobs.items()}
     assert set(states.values()) == {"COMPLETED"}, {s: p.read_text()[-2000:] for s, p in logs.items()}
+    mlflow.set_tracking_uri(cluster["MLFLOW_TRACKING_URI"])  # the store the jobs wrote to
     runs = mlflow.search_runs(experiment_names=["slurm-smoke"])
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert sorted(children["tags.mlflow.runName"]) == ["data", "ef_regression"]
