@@ -30,15 +30,23 @@ from echodiff.ef_training import load_regressor
 
 @contextlib.contextmanager
 def count_network_evaluations(model: torch.nn.Module) -> Iterator[list[int]]:
-    """Count forward passes of every U-Net of the cascade (a list, one count per stage)."""
+    """Count forward passes of every U-Net of the cascade (a list, one count per stage). imagen-pytorch calls
+    ``unet.forward`` directly (classifier-free guidance: twice per step), so the method itself is wrapped."""
     counts = [0] * len(model.imagen.unets)
-    hooks = [unet.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
-             for i, unet in enumerate(model.imagen.unets)]
+
+    def counting(i: int, forward):
+        def wrapper(*args, **kwargs):
+            counts[i] += 1
+            return forward(*args, **kwargs)
+        return wrapper
+
+    for i, unet in enumerate(model.imagen.unets):
+        unet.forward = counting(i, unet.forward)
     try:
         yield counts
     finally:
-        for hook in hooks:
-            hook.remove()
+        for unet in model.imagen.unets:
+            del unet.forward  # back to the class's method
 
 
 def run(model, regressor, args, steps, churn, seed: int, folder: Path) -> dict[str, float]:
