@@ -119,13 +119,25 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """A score CSV, checked for the seed's columns."""
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"FileName": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: not a readable score CSV ({exc})") from exc
     missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: score file is missing columns {missing} (expected at least {SCORE_COLUMNS})")
+    return read_text_columns(frame, path, SETTINGS_COLUMNS)
+
+
+def read_text_columns(frame: pd.DataFrame, path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` (read from CSV ``path``) with ``columns`` re-read as the exact text written: pandas would turn
+    a setting such as ``None`` or ``NA`` into a missing value, and a resumed run would no longer match it."""
+    present = [c for c in columns if c in frame.columns]
+    if present and len(frame):
+        frame[present] = pd.read_csv(path, usecols=present, dtype=str, keep_default_na=False)[present]
     return frame
+
+
+SETTINGS_COLUMNS = ["mode", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
 
 
 def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, Any]:

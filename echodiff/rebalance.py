@@ -33,6 +33,7 @@ from echodiff.data import DatasetError, DiffusionClips, read_filelist
 from echodiff.data.transforms import resize
 from echodiff.data.video import write_video
 from echodiff.diffusion.sampling import sample
+from echodiff.evaluation import read_text_columns
 from echodiff.io import atomic_write_csv
 from echodiff.models.ef_regressor import regress_ef
 
@@ -137,8 +138,8 @@ def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
     path = resolve_path(out_root) / "FileList.csv"
     if not path.exists():
         return pd.DataFrame(columns=[*FILELIST_COLUMNS, *REPORT_COLUMNS[:1], *REPORT_COLUMNS[2:]])
-    frame = pd.read_csv(path, dtype={"FileName": str, "CondImageFileName": str, "Model": str, "Steps": str,
-                                     "Churn": str})
+    frame = read_text_columns(pd.read_csv(path, dtype={"FileName": str, "CondImageFileName": str}), path,
+                              ["Model", "Steps", "Churn"])
     missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a synthetic dataset of echodiff (missing {missing}); use another out_root")
@@ -171,7 +172,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
                 "Steps": "config" if cfg.steps is None else str(cfg.steps),
                 "Churn": "config" if cfg.churn is None else str(cfg.churn)}
     for key, value in settings.items():
-        found = set(done[key].fillna("").astype(type(value))) if key in done and len(done) else {value}
+        found = set(done[key].astype(type(value))) if key in done and len(done) else {value}
         if found != {value}:
             raise ValueError(f"{out_root / 'FileList.csv'} holds videos made with {key}={sorted(map(str, found))}, "
                              f"not {value!r}: use another out_root (or delete it to start over)")

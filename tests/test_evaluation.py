@@ -223,3 +223,14 @@ def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade
     data = EchoNetDynamic(tmp_path / "videos", "val", target_type=["EF", "FileName"], length=4, period=1)
     assert len(data) == 2 and data[0][0].shape == (3, 4, 112, 112)
     assert (tmp_path / "videos" / "gifs" / f"{val.FileName[1]}_factual.gif").is_file()
+
+
+def test_settings_that_look_missing_still_match_on_resume(phantom_root, cascade_and_regressor, tmp_path):
+    model, regressor = cascade_and_regressor  # "None" and "NA" are read back as text, not as missing values
+    cfg = ScoreConfig(data_root=str(phantom_root), num_noise=1, max_videos=1, steps=1, seed=1)
+    first = generate_scores(model, regressor, cfg, tmp_path / "s.csv", model_id="None", regressor_id="NA",
+                            progress=False)
+    again = generate_scores(model, regressor, cfg, tmp_path / "s.csv", model_id="None", regressor_id="NA",
+                            progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert list(again.model_id) == ["None"] and list(again.regressor_id) == ["NA"]
