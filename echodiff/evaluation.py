@@ -137,6 +137,16 @@ def read_text_columns(frame: pd.DataFrame, path: str | os.PathLike, columns: Seq
     return frame
 
 
+def check_resume_settings(rows: pd.DataFrame, settings: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to resume ``path`` when its ``rows`` were made with other ``settings`` (column -> value): one file
+    never mixes two models or samplers. Rows read with :func:`read_text_columns` compare as written."""
+    for key, value in settings.items():
+        found = set(rows[key].astype(type(value))) if key in rows else {"(none)"}
+        if len(rows) and found != {value}:
+            raise ValueError(f"{path} was made with {key}={sorted(map(str, found))}, not {value!r}: "
+                             "write to another place (or delete it to start over)")
+
+
 SETTINGS_COLUMNS = ["mode", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
 
 
@@ -165,11 +175,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     features = read_features(out_csv)
     if out_csv.exists():
         rows = read_scores(out_csv)
-        for key, value in settings.items():
-            found = set(rows[key].fillna("").astype(str).unique()) if key in rows else {"(none)"}
-            if rows.shape[0] and found != {value}:
-                raise ValueError(f"{out_csv} was made with {key}={sorted(map(str, found))}, not {value!r}: "
-                                 "write to another file (or delete this one to start over)")
+        check_resume_settings(rows, settings, out_csv)
     if cfg.lpips and lpips_metric is None:
         lpips_metric = LPIPS()
     device = next(model.parameters()).device

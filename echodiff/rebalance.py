@@ -33,7 +33,7 @@ from echodiff.data import DatasetError, DiffusionClips, read_filelist
 from echodiff.data.transforms import resize
 from echodiff.data.video import write_video
 from echodiff.diffusion.sampling import sample
-from echodiff.evaluation import read_text_columns
+from echodiff.evaluation import check_resume_settings, read_text_columns
 from echodiff.io import atomic_write_csv
 from echodiff.models.ef_regressor import regress_ef
 
@@ -171,11 +171,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": float(cfg.cond_scale),
                 "Steps": "config" if cfg.steps is None else str(cfg.steps),
                 "Churn": "config" if cfg.churn is None else str(cfg.churn)}
-    for key, value in settings.items():
-        found = set(done[key].astype(type(value))) if key in done and len(done) else {value}
-        if found != {value}:
-            raise ValueError(f"{out_root / 'FileList.csv'} holds videos made with {key}={sorted(map(str, found))}, "
-                             f"not {value!r}: use another out_root (or delete it to start over)")
+    check_resume_settings(done, settings, out_root / "FileList.csv")
     known = set(done.ID.astype(int)) if len(done) else set()
     dupes = plan.ID[plan.ID.duplicated()].tolist()
     if dupes:
