@@ -62,7 +62,8 @@ def run(model, regressor, args, steps, churn, seed: int, folder: Path) -> dict[s
     selected = evaluation.select_by_ef(scores)
     summary = evaluation.summarize(scores)
     sampling_calls = -(-args.videos // args.batch_videos)  # one sample() call per batch of videos x candidates
-    return {"nfe_per_video": sum(counts) / sampling_calls,  # every video of a batch gets each evaluation "seconds_per_video": seconds / len(scores),
+    # every video of a batch gets each of the call's network evaluations
+    return {"nfe_per_video": sum(counts) / sampling_calls, "seconds_per_video": seconds / len(scores),
             "best_mae": summary["best_mae_gen"], "avg_mae": summary["avg_mae_gen"],
             "fd_efreg": evaluation.regressor_distance(selected, [csv])}
 
