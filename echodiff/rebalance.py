@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from echodiff.config import resolve_path
 from echodiff.data import DatasetError, DiffusionClips, read_filelist
+from echodiff.data.echonet import TRACING_COLUMNS
 from echodiff.data.transforms import resize
 from echodiff.data.video import write_video
 from echodiff.diffusion.sampling import sample
@@ -137,7 +138,7 @@ def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
     """The FileList.csv of a synthetic dataset (empty frame when there is none yet)."""
     path = resolve_path(out_root) / "FileList.csv"
     if not path.exists():
-        return pd.DataFrame(columns=[*FILELIST_COLUMNS, *REPORT_COLUMNS[:1], *REPORT_COLUMNS[2:]])
+        return pd.DataFrame(columns=[*FILELIST_COLUMNS, *REPORT_COLUMNS])
     frame = read_text_columns(pd.read_csv(path, dtype={"FileName": str, "CondImageFileName": str}), path,
                               ["Model", "Steps", "Churn"])
     missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
@@ -203,7 +204,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
         done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True) if len(done) else pd.DataFrame(rows)
         atomic_write_csv(done.sort_values("ID"), out_root / "FileList.csv", index=False)
     if not (out_root / "VolumeTracings.csv").exists():  # the format's second file: no tracings for synthetic videos
-        atomic_write_csv(pd.DataFrame(columns=["FileName", "X1", "Y1", "X2", "Y2", "Frame"]),
+        atomic_write_csv(pd.DataFrame(columns=TRACING_COLUMNS),
                          out_root / "VolumeTracings.csv", index=False)
     return read_synthetic(out_root)
 
