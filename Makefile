@@ -23,8 +23,10 @@ lint: install
 test: install lint slurm-deps
 	$(PY) -m pytest || [ $$? -eq 5 ]
 
+# PIPELINE=params/pipeline/demo_long.yaml: the same stages at bigger sizes (~60 min instead of ~20).
+PIPELINE ?= params/pipeline/demo.yaml
 demo: install
-	$(PY) -m echodiff.pipeline -f params/pipeline/demo.yaml
+	$(PY) -m echodiff.pipeline -f $(PIPELINE)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

@@ -9,7 +9,10 @@ earlier stages' runs it reads (passed to the notebook as MLflow run ids, so stag
     stages:
       - {name: data, notebook: notebooks/00_data.ipynb, params: params/data_demo.yaml}
       - {name: evaluate, notebook: notebooks/03_evaluate.ipynb, params: params/evaluate_demo.yaml,
-         inputs: {model: diffusion, regressor: ef_regression}}
+         inputs: {model: diffusion, regressor: ef_regression}, overrides: {max_videos: 20}}
+
+``overrides`` (optional) change parameters of the stage's file, as ``-p key=value`` does for every stage run;
+a pipeline file of bigger sizes is the same stage files with overrides (``params/pipeline/demo_long.yaml``).
 
 Each stage notebook receives ``mlflow_run_id`` (its child run) and ``experiment``; the executed notebook is
 written to ``runs/<parent run id>/`` and logged to the child run, also when the stage fails.
@@ -81,7 +84,8 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
         out_dir.mkdir(parents=True, exist_ok=True)
         for index, stage in enumerate(spec["stages"]):
             name = stage["name"]
-            params = load_params(stage.get("params"), overrides)
+            # the stage's file, its overrides in the pipeline file, then the command line's
+            params = {**load_params(stage.get("params"), stage.get("overrides") or {}), **load_params(None, overrides)}
             for key, upstream in (stage.get("inputs") or {}).items():
                 if upstream not in result["stages"]:
                     raise ValueError(f"stage {name!r} reads {key} from stage {upstream!r}, which has no finished "

@@ -28,12 +28,16 @@ def test_every_stage_notebook_is_parameterised_and_clean():
             assert not cell.get("outputs") and cell.get("execution_count") is None, f"{path.name}: strip outputs"
 
 
-@pytest.mark.parametrize("stage", yaml.safe_load((repo_root() / "params/pipeline/demo.yaml").read_text())["stages"],
-                         ids=lambda s: s["name"])
-def test_demo_params_only_name_existing_parameters(stage):
+PIPELINE_STAGES = [(path.name, stage) for path in sorted((repo_root() / "params/pipeline").glob("*.yaml"))
+                   for stage in yaml.safe_load(path.read_text())["stages"]]
+
+
+@pytest.mark.parametrize(("pipeline", "stage"), PIPELINE_STAGES, ids=lambda x: x if isinstance(x, str) else x["name"])
+def test_pipeline_params_only_name_existing_parameters(pipeline, stage):
     names = parameters(repo_root() / stage["notebook"])
     given = set(yaml.safe_load((repo_root() / stage["params"]).read_text()) or {}) | set(stage.get("inputs") or {})
-    assert given <= names, f"{stage['params']}: unknown parameters {sorted(given - names)}"
+    given |= set(stage.get("overrides") or {})
+    assert given <= names, f"{pipeline}, {stage['params']}: unknown parameters {sorted(given - names)}"
 
 
 def test_make_lab_kernel_is_the_project_environment():

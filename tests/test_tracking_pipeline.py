@@ -144,14 +144,18 @@ def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
     assert third.stdout.count("skipped") == 1 and "stage consume done" in third.stdout, third.stdout
     changed = _run(["-f", str(path), "-p", "value=7", "--only", "produce"], tmp_path)
     assert "stage produce done" in changed.stdout and "consume" not in changed.stdout, changed.stdout
+    spec["stages"][0]["overrides"] = {"value": 3}  # a pipeline file's own override of a stage parameter
+    path.write_text(yaml.safe_dump(spec))
+    overridden = _run(["-f", str(path)], tmp_path)
+    assert overridden.stdout.count("done") == 2, overridden.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
     try:
         runs = mlflow.search_runs(experiment_names=["pipeline-skip"])
         produced = runs[runs["tags.mlflow.runName"] == "produce"].sort_values("start_time")
         consumed = runs[runs["tags.mlflow.runName"] == "consume"].sort_values("start_time")
-        assert len(produced) == 2 and len(consumed) == 2  # the skipped runs were reused, not repeated
-        assert (consumed["params.source"] == produced.run_id.iloc[0]).all()  # wired by run id
-        assert (consumed["metrics.value"] == 1.0).all()
+        assert len(produced) == 3 and len(consumed) == 3  # the skipped runs were reused, not repeated
+        assert (consumed["params.source"] == produced.run_id.iloc[[0, 0, 2]].values).all()  # wired by run id
+        assert consumed["metrics.value"].tolist() == [1.0, 1.0, 3.0]
         assert (tmp_path / "artifacts").is_dir() and not (tmp_path / "mlruns").exists()  # beside the database
     finally:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
