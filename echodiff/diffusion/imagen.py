@@ -158,13 +158,22 @@ class CascadeModel(torch.nn.Module):
     def ef_kind(self) -> str:
         return self.config.get("ef_embedding", "ef_flag")
 
+    def restore_unets(self) -> CascadeModel:
+        """Put the U-Nets back under ``imagen`` on one device. A direct ``imagen(video, unet_number=n)`` call
+        (outside ``ImagenTrainer``) turns ``imagen.unets`` into a plain list, which hides them from
+        ``parameters()`` and ``state_dict()``; sampling and saving call this first."""
+        if not isinstance(self.imagen.unets, torch.nn.ModuleList):
+            self.imagen.reset_unets_all_one_device(self.imagen.device)
+        return self
+
 
 def save_model_folder(folder: str | os.PathLike, model: CascadeModel, ema: dict[str, Any] | None = None) -> Path:
     """Write ``folder/config.yaml`` and ``folder/merged.pt`` (``model``: the ElucidatedImagen state dict,
     ``ema``: EMA U-Nets if given, ``steps``), both atomically -- the layout of EchoDiffusion's released weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.imagen.state_dict(), "steps": model.steps.cpu(), "version": _imagen_version()}
+    state = {"model": model.restore_unets().imagen.state_dict(), "steps": model.steps.cpu(),
+             "version": _imagen_version()}
     if ema is not None:
         state["ema"] = ema
     with atomic_path(folder / "merged.pt") as tmp:
