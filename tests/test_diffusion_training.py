@@ -5,7 +5,13 @@ import torch
 import yaml
 
 from echodiff.diffusion import load_model_folder, sample
-from echodiff.diffusion.training import DiffusionTrainConfig, export_model, load_cascade_config, train_stage
+from echodiff.diffusion.training import (
+    DiffusionTrainConfig,
+    export_model,
+    load_cascade_config,
+    stage_plan,
+    train_stage,
+)
 from tests.test_diffusion import tiny_config
 
 
@@ -70,3 +76,12 @@ def test_bad_stage_and_config_mismatch(phantom_root, cascade_file, tmp_path):
     bad.write_text(yaml.safe_dump({"unets": {}, "imagen": {}}))
     with pytest.raises(ValueError, match="needs `frames`"):
         train_stage(_cfg(bad, phantom_root), tmp_path / "z")
+
+
+def test_stage_plan_pairs_steps_and_batch_sizes_with_stages():
+    assert stage_plan(2, 100, 8) == [(2, 100, 8)]
+    assert stage_plan([1, 2], [450, 100], [8, 4]) == [(1, 450, 8), (2, 100, 4)]
+    assert stage_plan([1, 2], 10, [8, 4]) == [(1, 10, 8), (2, 10, 4)]
+    # the demo file lists two batch sizes; overriding only stage=1 must say what to pass
+    with pytest.raises(ValueError, match=r"batch_size=\[8, 4\] has 2 values for stage=\[1\].*batch_size=8"):
+        stage_plan(1, 1000, [8, 4])

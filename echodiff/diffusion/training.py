@@ -227,6 +227,22 @@ def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Pa
     return save_model_folder(resolve_path(folder), cascade, ema=trainer.ema_unets.state_dict())
 
 
+def stage_plan(stage: int | list[int], steps: int | list[int],
+               batch_size: int | list[int]) -> list[tuple[int, int, int]]:
+    """``(stage, steps, batch size)`` for each stage to train, in order; ``steps`` and ``batch_size`` are one value
+    for every stage or a list of one value per stage."""
+    stages = [int(stage)] if isinstance(stage, int) else [int(s) for s in stage]
+
+    def per_stage(name: str, value: Any) -> list[int]:
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * len(stages)
+        if len(values) != len(stages):
+            raise ValueError(f"{name}={values} has {len(values)} values for stage={stages}: give one value for every "
+                             f"stage or one per stage (e.g. stage={stages} {name}={values[0]})")
+        return [int(v) for v in values]
+
+    return list(zip(stages, per_stage("steps", steps), per_stage("batch_size", batch_size), strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the listed stages from a params file and export the model folder (the CLI for ``accelerate
     launch`` on GPU nodes; the notebook does the same on one process)::
@@ -241,16 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     params = load_params(args.file, args.overrides)
-    stages = params.get("stage", 1)
-    stages = [stages] if isinstance(stages, int) else list(stages)
-
-    def per_stage(value: Any) -> list[Any]:
-        return list(value) if isinstance(value, (list, tuple)) else [value] * len(stages)
-
     checkpoint_dir = params.get("checkpoint_dir", "outputs/diffusion")
     run = None
-    for stage, steps, batch_size in zip(stages, per_stage(params.get("steps", 1000)),
-                                        per_stage(params.get("batch_size", 8)), strict=True):
+    for stage, steps, batch_size in stage_plan(params.get("stage", 1), params.get("steps", 1000),
+                                               params.get("batch_size", 8)):
         cfg = DiffusionTrainConfig.from_params({**params, "stage": stage, "steps": steps, "batch_size": batch_size})
         if run is None and int(os.environ.get("RANK", "0")) == 0:
             run = tracking.start_stage(params.get("run_name", "diffusion"), params,
