@@ -178,7 +178,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         check_resume_settings(rows, settings, out_csv)
     if cfg.lpips and lpips_metric is None:
         lpips_metric = LPIPS()
-    device = next(model.parameters()).device
+    device = model.device
     fps = model.config.get("fps")
     batches = [indices[i:i + cfg.batch_videos] for i in range(0, len(indices), cfg.batch_videos)]
     for batch in tqdm(batches, desc=f"{cfg.mode} chunk {cfg.chunk}/{cfg.chunks}", disable=not progress):

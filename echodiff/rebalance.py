@@ -178,7 +178,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     if dupes:
         raise ValueError(f"plan has duplicate IDs {dupes[:10]}")
     todo = plan[~plan.ID.astype(int).isin(known)]
-    device = next(model.parameters()).device
+    device = model.device
     batches = [todo.iloc[i:i + cfg.batch_targets] for i in range(0, len(todo), cfg.batch_targets)]
     for batch in tqdm(batches, desc="synthetic dataset", disable=not progress or not batches):
         ids = batch.ID.astype(int).tolist()

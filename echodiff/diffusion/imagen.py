@@ -166,6 +166,11 @@ class CascadeModel(torch.nn.Module):
             self.imagen.reset_unets_all_one_device(self.imagen.device)
         return self
 
+    @property
+    def device(self) -> torch.device:
+        """Where the U-Nets are (after :meth:`restore_unets`)."""
+        return next(self.restore_unets().parameters()).device
+
 
 def save_model_folder(folder: str | os.PathLike, model: CascadeModel, ema: dict[str, Any] | None = None) -> Path:
     """Write ``folder/config.yaml`` and ``folder/merged.pt`` (``model``: the ElucidatedImagen state dict,

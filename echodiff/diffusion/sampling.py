@@ -86,7 +86,7 @@ def sample(
     frames = frames or model.config.get("frames")
     if not frames:
         raise ValueError("frames is required (the model config has no `frames`)")
-    device = torch.device(device or next(model.restore_unets().parameters()).device)
+    device = torch.device(device or model.device)
     batch_size = batch_size or anatomy.shape[0]
     outputs = []
     devices = [device] if device.type == "cuda" else []
