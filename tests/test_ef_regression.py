@@ -89,8 +89,10 @@ def learn_root(tmp_path_factory):
 
 
 def test_small_model_beats_predicting_the_mean(learn_root, tmp_path):
+    # lr x0.1 after epoch 8, as the demo: with batch 4 the BatchNorm statistics make VAL loss jump between epochs,
+    # and without the decay the best-on-VAL model lost to the mean on one machine (held-out MSE 134 vs 92)
     cfg = EFTrainConfig(data_root=str(learn_root), **{**TINY, "epochs": 12, "width": 8, "image_size": 32,
-                                                       "frames": 16, "batch_size": 4, "lr": 3e-3})
+                                                       "frames": 16, "batch_size": 4, "lr": 3e-3, "lr_step_period": 8})
     model, history = train_ef_regressor(cfg, tmp_path / "ckpt")
     assert len(history) == 12 and history.train_loss.iloc[-3:].mean() < history.train_loss.iloc[:2].mean()
     held_out = pd.concat([predict(model, cfg, s) for s in ("val", "test")])
