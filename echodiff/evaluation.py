@@ -35,7 +35,7 @@ from echodiff.diffusion.imagen import CascadeModel
 from echodiff.diffusion.sampling import sample
 from echodiff.io import atomic_path, atomic_write_csv
 from echodiff.metrics.frechet import frechet_distance_of
-from echodiff.metrics.regression import _scores
+from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, ssim
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.plots import video_row_gif
@@ -320,9 +320,9 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     out: dict[str, float] = {"videos": float(scores.FileName.nunique()), "candidates": float(len(scores))}
     gt, gen, ref = (scores[c].to_numpy(float) for c in ("GT EF", "Gen EF", "Ref EF"))
     for name, (y, p) in {"gen": (gt, gen), "ref": (gt, ref), "gen_ref": (ref, gen)}.items():
-        out.update({f"avg_{k}_{name}": v for k, v in _scores(y, p).items()})
+        out.update({f"avg_{k}_{name}": v for k, v in ef_scores(y, p).items()})
     best = select_by_ef(scores)
-    out.update({f"best_{k}_gen": v for k, v in _scores(best["GT EF"].to_numpy(float),
+    out.update({f"best_{k}_gen": v for k, v in ef_scores(best["GT EF"].to_numpy(float),
                                                        best["Gen EF"].to_numpy(float)).items()})
     per_video = scores.groupby("FileName")
     out["avg_ssim"] = float(scores.SSIM.mean())
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = atomic_write_csv(scores, resolve_path(out_dir) / f"scores_{mode}.csv", index=False)
         summary = summarize(scores)
         print(f"{merged}: {len(scores)} rows; EF MAE avg {summary['avg_mae_gen']:.2f}, "
-              f"selected {summary['best_mae_gen']:.2f}")
+              f"selected {summary['best_mae_gen']:.2f}; r(target, regressed) {summary['avg_r_gen']:.2f}")
     return 0
 
 

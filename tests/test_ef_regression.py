@@ -75,7 +75,9 @@ def test_regression_metrics_against_hand_computation():
     assert m["mae"] == pytest.approx((5 + 5 + 0 + 10) / 4)
     assert m["rmse"] == pytest.approx(np.sqrt((25 + 25 + 0 + 100) / 4))
     assert m["r2"] == pytest.approx(1 - 150 / np.sum((y - y.mean()) ** 2))
-    assert m["mae_ci_low"] <= m["mae"] <= m["mae_ci_high"]
+    assert m["r"] == pytest.approx(np.corrcoef(y, pred)[0, 1])
+    assert m["mae_ci_low"] <= m["mae"] <= m["mae_ci_high"] and m["r_ci_low"] <= m["r"] <= m["r_ci_high"] <= 1
+    assert np.isnan(regression_metrics(y, np.full(4, 50.0), bootstrap=0)["r"])  # a generator that ignores EF
     with pytest.raises(ValueError, match="one length"):
         regression_metrics(y, pred[:3])
 

@@ -131,6 +131,7 @@ def test_selection_and_both_protocols():
     assert s["avg_mae_gen"] == pytest.approx(np.mean([10, 2, 9, 1, 10, 15]))
     gt, gen = scores["GT EF"].to_numpy(), scores["Gen EF"].to_numpy()
     assert s["avg_r2_gen"] == pytest.approx(1 - ((gt - gen) ** 2).sum() / ((gt - gt.mean()) ** 2).sum())
+    assert s["avg_r_gen"] == pytest.approx(np.corrcoef(gt, gen)[0, 1])
     assert s["seed_best_ssim"] == pytest.approx((0.9 + 0.8) / 2)  # best SSIM per video, whatever its EF
     assert s["selected_ssim"] == pytest.approx((0.4 + 0.3) / 2)  # SSIM of the EF-selected candidates
     assert s["seed_best_lpips"] == pytest.approx(0.1) and s["selected_lpips"] == pytest.approx(0.35)

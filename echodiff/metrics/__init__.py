@@ -1,5 +1,5 @@
-"""Metrics: EF agreement (MAE, RMSE, R²) with bootstrap intervals; video-quality metrics come with evaluation."""
+"""Metrics: EF agreement (MAE, RMSE, R², Pearson r) with bootstrap intervals; video quality lives in evaluation."""
 
-from echodiff.metrics.regression import regression_metrics
+from echodiff.metrics.regression import ef_scores, pearson_r, regression_metrics
 
-__all__ = ["regression_metrics"]
+__all__ = ["ef_scores", "pearson_r", "regression_metrics"]
