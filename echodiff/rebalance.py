@@ -296,7 +296,7 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
     """Score one regressor variant on the real VAL and TEST splits and the balanced VAL+TEST set.
 
     Returns the predictions (columns FileName, Split, EF, EF_pred, Balanced) and metrics ``{val,test,
-    balanced}_{mae,rmse,r2}`` plus ``balanced_mae_bin_<lo>`` per ``report_bin_width`` bin (same names for every
+    balanced}_{mae,rmse,r2,r}`` plus ``balanced_mae_bin_<lo>`` per ``report_bin_width`` bin (same names for every
     variant, so MLflow's compare view lines them up).
     """
     from echodiff.ef_training import predict
