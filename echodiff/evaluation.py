@@ -36,7 +36,7 @@ from echodiff.diffusion.sampling import sample
 from echodiff.io import atomic_path, atomic_write_csv
 from echodiff.metrics.frechet import frechet_distance_of
 from echodiff.metrics.regression import ef_scores
-from echodiff.metrics.video import LPIPS, ssim
+from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.plots import video_row_gif
 
@@ -390,6 +390,15 @@ def real_clips(model: CascadeModel, cfg: ScoreConfig, names: Sequence[str]) -> t
     data = _clips(model, cfg)
     index = {name: i for i, name in enumerate(data.filelist.FileName)}
     return torch.stack([video_item(data, index[name], cfg)[2] for name in names])
+
+
+def motion_summary(real: torch.Tensor, generated: torch.Tensor, fps: float) -> dict[str, float]:
+    """Does the generated heart beat like the real one? Means of :func:`temporal_profile` over the real clips and
+    the generated ones, ``(N, C, T, H, W)`` each: ``{real,gen}_temporal_std``, ``{real,gen}_cardiac_fraction``."""
+    out = {}
+    for who, clips in (("real", real), ("gen", generated)):
+        out.update({f"{who}_{k}": float(v.nanmean()) for k, v in temporal_profile(clips, fps).items()})
+    return out
 
 
 def saved_candidates(scores: pd.DataFrame, videos_dir: str | os.PathLike) -> torch.Tensor:

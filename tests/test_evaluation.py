@@ -14,7 +14,7 @@ from echodiff import evaluation
 from echodiff.diffusion import CascadeModel
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
-from echodiff.metrics.video import LPIPS, ssim
+from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor
 from echodiff.weights import MissingWeightsError
 
@@ -119,6 +119,21 @@ def fake_scores() -> pd.DataFrame:
                          "GT EF": [50.0] * 3 + [30.0] * 3, "Gen EF": [60.0, 48.0, 41.0, 31.0, 20.0, 45.0],
                          "Ref EF": [52.0] * 3 + [33.0] * 3, "SSIM": [0.5, 0.4, 0.9, 0.3, 0.8, 0.2],
                          "LPIPS": [0.2, 0.3, 0.1, 0.4, 0.1, 0.5]})
+
+
+def test_temporal_profile_tells_a_beat_from_flicker():
+    t = torch.arange(16) / 8.0  # 16 frames at 8 fps
+    beat = 0.5 + 0.1 * torch.sin(2 * math.pi * 1.5 * t)  # 90 bpm: 3 whole cycles in the 2 s
+    noise = 0.5 + 0.1 * torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    videos = torch.stack([beat.view(1, 16, 1, 1).expand(3, 16, 8, 8), noise.expand(3, -1, -1, -1),
+                          torch.full((3, 16, 8, 8), 0.5)])
+    out = temporal_profile(videos, fps=8.0)
+    assert out["temporal_std"][0] == pytest.approx(0.1 / math.sqrt(2), rel=1e-3)
+    assert out["cardiac_fraction"][0] == pytest.approx(1.0)
+    assert 0.4 < out["cardiac_fraction"][1] < 0.85  # white noise: 5 of 8 frequency bins
+    assert out["temporal_std"][2] == 0 and torch.isnan(out["cardiac_fraction"][2])
+    with pytest.raises(ValueError, match="too coarse"):
+        temporal_profile(videos[:, :, :4], fps=32.0)  # 8-Hz frequency steps
 
 
 def test_selection_and_both_protocols():

@@ -1,7 +1,8 @@
-"""Per-video similarity of a generated clip to the real clip of the same window: SSIM and LPIPS.
+"""Per-video similarity of a generated clip to the real clip of the same window (SSIM, LPIPS), and its motion.
 
-Both follow EchoDiffusion's evaluation: SSIM with data range 1 over every frame, LPIPS (VGG) per frame on
-[-1, 1] inputs, averaged over frames. Videos are ``(B, C, T, H, W)`` in [0, 1]; results are ``(B,)``.
+SSIM and LPIPS follow EchoDiffusion's evaluation: SSIM with data range 1 over every frame, LPIPS (VGG) per frame
+on [-1, 1] inputs, averaged over frames. ``temporal_profile`` (ours) says whether a clip beats or flickers.
+Videos are ``(B, C, T, H, W)`` in [0, 1]; results are ``(B,)``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,32 @@ def ssim(generated: torch.Tensor, real: torch.Tensor, data_range: float = 1.0) -
     cov = blur(x * y) - mu_x * mu_y
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return index.reshape(b, -1).mean(1).float()
+
+
+def temporal_profile(videos: torch.Tensor, fps: float,
+                     band: tuple[float, float] = (0.6, 3.0)) -> dict[str, torch.Tensor]:
+    """How much a clip moves, and how much of that motion is at heart-rate frequencies.
+
+    ``temporal_std``: per pixel, the standard deviation over frames, averaged over pixels (grey level, 0-1).
+    ``cardiac_fraction``: the share of the temporal power spectrum (DC removed, summed over pixels) whose
+    frequency lies in ``band`` (Hz; 0.6-3 Hz = 36-180 bpm). A beating heart puts most of its motion there;
+    frame-to-frame flicker spreads evenly up to the Nyquist frequency, so white noise over 16 frames at 8 fps
+    scores 5/8. ``(B, C, T, H, W)`` -> two ``(B,)`` tensors; needs ``fps / T`` (the frequency step) < band width.
+    """
+    if videos.ndim != 5 or videos.shape[2] < 4:
+        raise ValueError(f"temporal_profile needs (B, C, T, H, W) videos with T >= 4, got {tuple(videos.shape)}")
+    t = videos.shape[2]
+    if fps / t >= band[1] - band[0]:
+        raise ValueError(f"{t} frames at {fps} fps resolve frequency in steps of {fps / t:.2f} Hz, too coarse for "
+                         f"the band {band} Hz: use more frames")
+    grey = videos.float().mean(1)  # (B, T, H, W)
+    moving = grey - grey.mean(1, keepdim=True)
+    power = torch.fft.rfft(moving, dim=1).abs().pow(2).sum((2, 3))  # (B, T // 2 + 1)
+    freqs = torch.fft.rfftfreq(t, d=1.0 / fps)
+    in_band = (freqs >= band[0]) & (freqs <= band[1])
+    total = power[:, 1:].sum(1)
+    fraction = torch.where(total > 0, power[:, in_band].sum(1) / total.clamp_min(1e-20), torch.nan)
+    return {"temporal_std": grey.std(1, unbiased=False).mean((1, 2)), "cardiac_fraction": fraction}
 
 
 class LPIPS(torch.nn.Module):
