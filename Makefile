@@ -23,7 +23,8 @@ lint: install
 test: install lint slurm-deps
 	$(PY) -m pytest || [ $$? -eq 5 ]
 
-# PIPELINE=params/pipeline/demo_long.yaml: the same stages at bigger sizes (~75 min instead of ~15).
+# PIPELINE=params/pipeline/demo_long.yaml: the same stages at bigger sizes (~62 min instead of ~15);
+# only its cascade follows EF.
 PIPELINE ?= params/pipeline/demo.yaml
 demo: install
 	$(PY) -m echodiff.pipeline -f $(PIPELINE)
