@@ -10,12 +10,11 @@ Checkpoints (``last.pt`` every epoch, ``best.pt`` on a new best VAL loss) are wr
 model, optimizer, scheduler, epoch, RNG states and history: an interrupted run resumes at the next epoch.
 Runs on one device or, under ``accelerate launch``, on several (only the main process logs and writes).
 
-    accelerate launch -m echodiff.ef_training -f params/ef_reference.yaml [key=value ...]
+    accelerate launch -m echodiff.ef_training -f params/paper/ef_reference.yaml [key=value ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from echodiff import preempt, tracking
-from echodiff.config import load_params, resolve_path
+from echodiff.config import changed_settings, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
 from echodiff.data.transforms import resize
 from echodiff.io import atomic_path
@@ -78,9 +77,9 @@ class EFTrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EFTrainConfig:
-        """The config from a parameter mapping; unknown keys are ignored, wrong ones raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        """The config from a parameter mapping: the keys it declares, type- and range-checked
+        (:func:`echodiff.config.settings`); the other keys are the caller\'s."""
+        return settings(cls, params, "EFTrainConfig")
 
     @classmethod
     def for_variant(cls, params: dict[str, Any], variant: str) -> EFTrainConfig:
@@ -106,6 +105,10 @@ class EFTrainConfig:
         return training_set(self.data_root, self.synthetic_roots if self.use_synthetic else [], self.real_train,
                             lambda root: self.dataset("train", train=True, clips=self.train_clips, root=root),
                             self.train_subset, self.per_bin, self.bin_width, self.seed)
+
+
+#: settings that may change when a run resumes (they do not shape the trained weights)
+RESUMABLE_CHANGES = ("epochs", "num_workers", "eval_batch_size", "eval_protocol", "cache_dir")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -173,6 +176,11 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     last = checkpoint_dir / "last.pt"
     if resume and last.is_file():
         state = load_checkpoint(last)
+        changed = changed_settings(state.get("train_config"), dataclasses.asdict(cfg), RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(f"{last} was trained with other settings ({'; '.join(changed)}): resuming it would "
+                             "log a model these settings did not make. Use another checkpoint_dir, pass "
+                             "resume=False to start over, or restore those settings.")
         if state.get("model_config") != model.config:
             raise ValueError(f"{last}: checkpoint is for {state.get('model_config')}, this run builds "
                              f"{model.config}; use another checkpoint_dir or resume=False")
@@ -308,13 +316,13 @@ def load_regressor(source: str | Path) -> EFRegressor:
 
 def main(argv: list[str] | None = None) -> int:
     """Train, evaluate and log one regressor from a params file (the CLI for ``accelerate launch``)."""
-    parser = argparse.ArgumentParser(prog="python -m echodiff.ef_training", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-f", "--file", required=True, help="params YAML, e.g. params/ef_reference.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    params = load_params(args.file, args.overrides)
+    args, params = stage_cli("ef_regression", "python -m echodiff.ef_training", __doc__.split("\n\n")[0], argv)
     cfg = EFTrainConfig.from_params(params)
     checkpoint_dir = params.get("checkpoint_dir", "outputs/ef_regression")
+    if args.dry_run:
+        print_settings({"train": cfg, "checkpoint_dir": checkpoint_dir,
+                        "run": {k: v for k, v in params.items() if k not in cfg.__dataclass_fields__}})
+        return 0
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:
         train_ef_regressor(cfg, checkpoint_dir)

@@ -14,7 +14,6 @@ ones, so an interrupted chunk ends with exactly the rows an uninterrupted one ha
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from echodiff.config import resolve_path
+from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.data.video import write_video
@@ -71,8 +70,9 @@ class ScoreConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ScoreConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        """The config from a parameter mapping: the keys it declares, type- and range-checked
+        (:func:`echodiff.config.settings`); the other keys are the caller\'s."""
+        return settings(cls, params, "ScoreConfig")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -433,16 +433,13 @@ def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
 
 def main(argv: list[str] | None = None) -> int:
     """``score``: one chunk of every mode (a Slurm array task); ``merge``: check and merge all chunks."""
-    import argparse
-
-    from echodiff.config import load_params
-
-    parser = argparse.ArgumentParser(prog="python -m echodiff.evaluation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["score", "merge"])
-    parser.add_argument("-f", "--file", required=True, help="params YAML, e.g. params/evaluate_demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. chunk=3 chunks=8")
-    args = parser.parse_args(argv)
-    params = load_params(args.file, args.overrides)
+    args, params = stage_cli("evaluate", "python -m echodiff.evaluation", __doc__.split("\n\n")[0], argv,
+                             commands=("score", "merge"))
+    if args.dry_run:
+        print_settings({**{mode: ScoreConfig.from_params({**params, "mode": mode})
+                           for mode in params.get("modes", ["factual"])},
+                        "run": {k: v for k, v in params.items() if k not in ScoreConfig.__dataclass_fields__}})
+        return 0
     modes = params.get("modes", [params.get("mode", "factual")])
     out_dir = params.get("out_dir", "outputs/evaluate")
     if args.command == "score":
@@ -451,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ScoreConfig.from_params({**params, "mode": mode})
             path = score_path(out_dir, mode, cfg.chunk, cfg.chunks)
             rows = generate_scores(model, regressor, cfg, path, str(params["model"]), str(params["regressor"]),
-                                   videos_dir=resolve_path(out_dir) / "videos" if params.get("save_videos") else None)
+                                   videos_dir=resolve_path(out_dir) / "videos")  # as notebook 03: FID/FVD, GIFs
             print(f"{path}: {len(rows)} rows")
         return 0
     for mode in modes:

@@ -35,7 +35,7 @@ import mlflow
 import papermill
 
 from echodiff import tracking
-from echodiff.config import load_params, repo_root, resolve_path
+from echodiff.config import check_params, load_params, notebook_parameters, repo_root, resolve_path
 
 
 def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:
@@ -57,6 +57,28 @@ def _finished_run(client: Any, experiment_id: str, stage: str, fingerprint: str)
     return runs[0].info.run_id if runs else None
 
 
+def _check_stages(spec: dict[str, Any], pipeline_file: str | Path, cli: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each stage's parameters -- its file, its ``overrides`` in the pipeline file, then the command line's
+    ``-p`` values of the keys its notebook declares -- checked by :func:`echodiff.config.check_params`. A ``-p``
+    key that no stage declares, or one that an ``inputs:`` entry would set, is an error."""
+    out, declared = {}, set()
+    for stage in spec["stages"]:
+        allowed = set(notebook_parameters(stage["notebook"])) - {"mlflow_run_id", "experiment"}
+        declared |= allowed
+        params = load_params(stage.get("params"), stage.get("overrides") or {})
+        check_params(params, allowed, f"{pipeline_file}: stage {stage['name']!r} ({stage.get('params')} + overrides)")
+        clash = sorted(set(cli) & set(stage.get("inputs") or {}))
+        if clash:
+            raise ValueError(f"-p {clash} would be replaced by stage {stage['name']!r}'s inputs (the run ids of "
+                             f"earlier stages, {stage['inputs']}); drop the -p, or run that stage on its own")
+        params.update({k: v for k, v in cli.items() if k in allowed})
+        out[stage["name"]] = check_params(params, allowed, f"{pipeline_file}: stage {stage['name']!r} with -p")
+    unused = sorted(set(cli) - declared)
+    if unused:
+        raise ValueError(f"-p {unused}: no stage of {pipeline_file} has such a parameter")
+    return out
+
+
 def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
                  overrides: list[str] | None = None, out: str | Path = "runs", force: bool = False,
                  start_from: str | None = None) -> dict[str, Any]:
@@ -74,6 +96,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)} in {pipeline_file} (stages: {names})")
     rerun_from = names.index(start_from) if start_from else len(names)
+    stage_params = _check_stages(spec, pipeline_file, load_params(None, overrides))  # before any run starts
     experiment_id = tracking.setup(experiment)
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
     result: dict[str, Any] = {"stages": {}, "skipped": [], "seconds": {}}
@@ -84,8 +107,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
         out_dir.mkdir(parents=True, exist_ok=True)
         for index, stage in enumerate(spec["stages"]):
             name = stage["name"]
-            # the stage's file, its overrides in the pipeline file, then the command line's
-            params = {**load_params(stage.get("params"), stage.get("overrides") or {}), **load_params(None, overrides)}
+            params = dict(stage_params[name])
             for key, upstream in (stage.get("inputs") or {}).items():
                 if upstream not in result["stages"]:
                     raise ValueError(f"stage {name!r} reads {key} from stage {upstream!r}, which has no finished "

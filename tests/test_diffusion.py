@@ -103,6 +103,9 @@ def test_sample_rejects_bad_input():
         sample(model, torch.rand(2, 3, 16, 16), [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="one per stage"):
         sample(model, torch.rand(1, 3, 16, 16), 50.0, steps=[2, 2])
+    with pytest.raises(ValueError, match=r"steps must be >= 2"):  # imagen-pytorch's schedule: NaN videos
+        sample(model, torch.rand(1, 3, 16, 16), 50.0, steps=1)
+    assert not sample(model, torch.rand(1, 3, 16, 16), 50.0, steps=2).isnan().any()
 
 
 def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch():

@@ -243,7 +243,7 @@ def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade
 
 def test_settings_that_look_missing_still_match_on_resume(phantom_root, cascade_and_regressor, tmp_path):
     model, regressor = cascade_and_regressor  # "None" and "NA" are read back as text, not as missing values
-    cfg = ScoreConfig(data_root=str(phantom_root), num_noise=1, max_videos=1, steps=1, seed=1)
+    cfg = ScoreConfig(data_root=str(phantom_root), num_noise=1, max_videos=1, steps=2, seed=1)
     first = generate_scores(model, regressor, cfg, tmp_path / "s.csv", model_id="None", regressor_id="NA",
                             progress=False)
     again = generate_scores(model, regressor, cfg, tmp_path / "s.csv", model_id="None", regressor_id="NA",

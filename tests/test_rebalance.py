@@ -122,7 +122,7 @@ def test_synthetic_dataset_refuses_to_mix_generators(phantom_root, cascade_and_r
 def test_synthetic_dataset_resumes_with_a_model_id_that_looks_missing(phantom_root, cascade_and_regressor, tmp_path):
     model, regressor = cascade_and_regressor
     plan = pd.DataFrame({"ID": [0], "Bin": [10.0], "TargetEF": [10.4]})
-    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, steps=1, size=32)
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, steps=2, size=32)
     first = rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="None", progress=False)
     again = rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="None", progress=False)
     pd.testing.assert_frame_equal(first, again)

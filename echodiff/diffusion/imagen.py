@@ -88,6 +88,45 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
     raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
 
 
+#: the top-level keys of a cascade config (``params/diffusion/*.yaml``, a model folder's ``config.yaml``)
+CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen")
+#: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
+_RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
+
+
+def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade config") -> dict[str, Any]:
+    """Check a cascade config and return it with ``frames``, ``fps`` and ``ef_embedding`` set.
+
+    Two layouts are read: echodiff's (:data:`CASCADE_KEYS` only) and EchoDiffusion's training config, which its
+    released weights carry as ``config.yaml`` (``dataset: {fps, duration, grayscale}``, ``imagen.text_embed_dim:
+    1``, plus ``trainer``/``dataloader``/``wandb``/``checkpoint`` sections that only its trainer read). The latter
+    is translated: ``frames = fps x duration``, ``channels`` from ``grayscale``, the seed's ``ef`` embedding.
+    Any other key is an error naming it and ``source``.
+    """
+    config = copy.deepcopy(dict(config))
+    is_release = "dataset" in config  # EchoDiffusion's layout; echodiff's own files may not carry its sections
+    release = {k: config.pop(k) for k in _RELEASE_SECTIONS if k in config} if is_release else {}
+    unknown = sorted(set(config) - set(CASCADE_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown} in a cascade config; allowed: {list(CASCADE_KEYS)} "
+                         f"(and EchoDiffusion's {list(_RELEASE_SECTIONS)} sections in a released config.yaml)")
+    dataset = release.get("dataset") or {}
+    if "frames" not in config and "fps" in dataset and "duration" in dataset:
+        config["fps"] = float(dataset["fps"])
+        config["frames"] = round(float(dataset["fps"]) * float(dataset["duration"]))
+    if "channels" not in config and "grayscale" in dataset:
+        config["channels"] = 1 if dataset["grayscale"] else 3
+    for key in ("unets", "imagen", "frames", "fps"):
+        if key not in config:
+            raise ValueError(f"{source}: a cascade config needs `{key}`"
+                             + (" (or EchoDiffusion's `dataset: {fps, duration}`)" if key in ("frames", "fps") else ""))
+    if "ef_embedding" not in config:
+        config["ef_embedding"] = "ef" if config["imagen"].get("text_embed_dim", 1) == 1 else "ef_flag"
+    if int(config["frames"]) < 1 or float(config["fps"]) <= 0:
+        raise ValueError(f"{source}: frames and fps must be positive, got {config['frames']} and {config['fps']}")
+    return config
+
+
 def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:
     unets = config.get("unets")
     if not isinstance(unets, dict) or not unets:
@@ -195,7 +234,8 @@ def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> Cascad
     """Load a model folder (``config.yaml`` + ``merged.pt``): ours, EchoDiffusion's released weights, or the
     ``model/`` artifact of an MLflow run (pass the run id).
 
-    A released config without ``ef_embedding`` is the seed's 1-d EF/100 embedding. With ``use_ema`` and an
+    EchoDiffusion's released ``config.yaml`` (a copy of its training config) is translated by
+    :func:`cascade_config`; without ``ef_embedding`` it is the seed's 1-d EF/100 embedding. With ``use_ema`` and an
     ``ema`` entry (ImagenTrainer's EMA U-Nets), the EMA weights are used, as for sampling.
     """
     folder = Path(folder)
@@ -207,9 +247,7 @@ def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> Cascad
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: a model folder holds config.yaml and merged.pt "
                                     "(EchoDiffusion's released layout, e.g. 1SCM_v2/)")
-    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    if "ef_embedding" not in config:
-        config["ef_embedding"] = "ef" if config.get("imagen", {}).get("text_embed_dim", 1) == 1 else "ef_flag"
+    config = cascade_config(yaml.safe_load((folder / "config.yaml").read_text()) or {}, folder / "config.yaml")
     model = CascadeModel(config)
     state = torch.load(folder / "merged.pt", map_location="cpu", weights_only=False)
     weights = state.get("model", state)

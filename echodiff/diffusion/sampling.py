@@ -29,8 +29,8 @@ def _sampler_settings(model: CascadeModel, steps: int | list[int] | None,
     hparams = list(saved)
     if steps is not None:
         per_stage = _per_stage(model, "steps", steps)
-        if any(int(s) < 1 for s in per_stage):
-            raise ValueError(f"steps must be positive, got {steps!r}")
+        if any(int(s) < 2 for s in per_stage):  # the EDM schedule divides by steps - 1: one step is NaN
+            raise ValueError(f"sampler steps must be >= 2 per stage (one step gives NaN videos), got {steps!r}")
         hparams = [hp._replace(num_sample_steps=int(s)) for hp, s in zip(hparams, per_stage, strict=True)]
     if churn is not None:
         per_stage = _per_stage(model, "churn", churn)

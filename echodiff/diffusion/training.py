@@ -24,11 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from echodiff import preempt, tracking
-from echodiff.config import load_params, resolve_path
+from echodiff.config import changed_settings, load_params, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.diffusion.imagen import (
     CascadeModel,
+    cascade_config,
     ef_embedding,
     import_imagen,
     save_model_folder,
@@ -64,8 +65,13 @@ class DiffusionTrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DiffusionTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        """The config from a parameter mapping: the keys it declares, type- and range-checked
+        (:func:`echodiff.config.settings`); the other keys are the caller\'s."""
+        return settings(cls, params, "DiffusionTrainConfig")
+
+
+#: settings that may change when a stage resumes (they do not shape the trained weights)
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every", "val_batches", "num_workers", "cache_dir")
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -91,12 +97,8 @@ class _EpochOrder(torch.utils.data.Sampler):
 
 
 def load_cascade_config(path: str | Path) -> dict[str, Any]:
-    """A cascade config file (``params/diffusion/*.yaml``) with ``frames`` and ``fps`` checked."""
-    config = load_params(path)
-    for key in ("unets", "imagen", "frames", "fps"):
-        if key not in config:
-            raise ValueError(f"{resolve_path(path)}: cascade config needs `{key}`")
-    return config
+    """A cascade config file (``params/diffusion/*.yaml``), checked by :func:`cascade_config`."""
+    return cascade_config(load_params(path), resolve_path(path))
 
 
 def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
@@ -130,11 +132,18 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
     path = checkpoint_dir / "trainer.pt"
     history: list[dict[str, float]] = []
+    stage_settings: dict[int, dict[str, Any]] = {}  # per stage: the settings it was trained with
     if resume and path.is_file():
         extra = trainer.load(str(path))
         history = list(extra.get("history", []))
         if extra.get("config") != config:
             raise ValueError(f"{path} was trained with another cascade config; use another checkpoint_dir")
+        changed = changed_settings(extra.get("settings", {}).get(cfg.stage), dataclasses.asdict(cfg),
+                                   RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(f"{path}: stage {cfg.stage} was trained with other settings ({'; '.join(changed)}); "
+                             "use another checkpoint_dir, pass resume=False to start over, or restore them")
+        stage_settings = dict(extra.get("settings", {}))
         set_rng_state(extra["rng"])
         trainer.print(f"diffusion: resuming stage {cfg.stage} from {path} at step "
                       f"{int(trainer.steps[cfg.stage - 1])}")
@@ -144,6 +153,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     cache = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
     data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=config["frames"], fps=config["fps"], cache=cache)
     val = DiffusionClips(resolve_path(cfg.data_root), "val", frames=config["frames"], fps=config["fps"], cache=cache)
+    stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
     per_epoch = max(1, len(data) // (cfg.batch_size * processes))  # optimizer steps per epoch
@@ -177,13 +187,13 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             if trainer.is_main and mlflow.active_run() is not None:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or preempt.stop_requested():
-                save_trainer(trainer, path, config, history)
+                save_trainer(trainer, path, config, history, stage_settings)
                 preempt.check(f"{path} (stage {cfg.stage}, step {step})")
             if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
                 break
     bar.close()
     if ran:
-        save_trainer(trainer, path, config, history)
+        save_trainer(trainer, path, config, history, stage_settings)
         trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
     return trainer, pd.DataFrame(history)
 
@@ -207,14 +217,15 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
     return float(np.mean(losses))
 
 
-def save_trainer(trainer: Any, path: Path, config: dict[str, Any], history: list[dict[str, float]]) -> None:
+def save_trainer(trainer: Any, path: Path, config: dict[str, Any], history: list[dict[str, float]],
+                 settings_by_stage: dict[int, dict[str, Any]] | None = None) -> None:
     """ImagenTrainer.save to a temporary file beside ``path``, renamed into place. Every process must call it
     (ImagenTrainer.save starts with a barrier); only the main process writes."""
     if not trainer.is_main:
         trainer.save(str(path))  # the barrier; ImagenTrainer writes nothing on other processes
         return
     with atomic_path(path) as tmp:
-        trainer.save(str(tmp), config=config, history=history, rng=rng_state())
+        trainer.save(str(tmp), config=config, history=history, rng=rng_state(), settings=settings_by_stage or {})
 
 
 def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Path:
@@ -248,25 +259,25 @@ def main(argv: list[str] | None = None) -> int:
     launch`` on GPU nodes; the notebook does the same on one process)::
 
         accelerate launch --multi_gpu --num_processes 8 -m echodiff.diffusion.training \\
-            -f params/diffusion_demo.yaml model=params/diffusion/4SCM.yaml stage=2 steps=100000 batch_size=20
+            -f params/paper/diffusion_4SCM_stage2.yaml
     """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m echodiff.diffusion.training", description=main.__doc__)
-    parser.add_argument("-f", "--file", required=True, help="params YAML, e.g. params/diffusion_demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    params = load_params(args.file, args.overrides)
+    args, params = stage_cli("diffusion", "python -m echodiff.diffusion.training", main.__doc__, argv)
     checkpoint_dir = params.get("checkpoint_dir", "outputs/diffusion")
+    plan = [DiffusionTrainConfig.from_params({**params, "stage": stage, "steps": steps, "batch_size": batch_size})
+            for stage, steps, batch_size in stage_plan(params.get("stage", 1), params.get("steps", 1000),
+                                                       params.get("batch_size", 8))]
+    config = load_cascade_config(plan[0].model)
+    if args.dry_run:
+        print_settings({**{f"stage{cfg.stage}": cfg for cfg in plan}, "checkpoint_dir": checkpoint_dir,
+                        "cascade": config})
+        return 0
     run = None
-    for stage, steps, batch_size in stage_plan(params.get("stage", 1), params.get("steps", 1000),
-                                               params.get("batch_size", 8)):
-        cfg = DiffusionTrainConfig.from_params({**params, "stage": stage, "steps": steps, "batch_size": batch_size})
+    for cfg in plan:
         if run is None and int(os.environ.get("RANK", "0")) == 0:
             run = tracking.start_stage(params.get("run_name", "diffusion"), params,
                                        experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT))
         trainer, history = train_stage(cfg, checkpoint_dir, resume=bool(params.get("resume", True)))
-    folder = export_model(trainer, load_cascade_config(params["model"]), resolve_path(checkpoint_dir) / "model")
+    folder = export_model(trainer, config, resolve_path(checkpoint_dir) / "model")
     if trainer.is_main:
         tracking.log_file(folder / "config.yaml", "model")
         tracking.log_file(folder / "merged.pt", "model")
