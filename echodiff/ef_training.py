@@ -32,7 +32,8 @@ from echodiff import preempt, tracking
 from echodiff.config import changed_settings, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
 from echodiff.data.transforms import resize
-from echodiff.io import atomic_path
+from echodiff.device import compute_device
+from echodiff.io import read_checkpoint, rotate_checkpoint
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import EFRegressor, build_ef_regressor, regressor_from_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
@@ -67,6 +68,7 @@ class EFTrainConfig:
     eval_protocol: str = "single"  # single: the 2-s window at frame 0 (the seed's); all: mean over every window
     eval_batch_size: int = 16
     cache_dir: str | None = None  # decoded-video cache folder (None: decode every epoch)
+    keep_checkpoints: int = 1  # replaced last.pt files kept as last.1.pt ... (a resume falls back to them)
     # The training set of the rebalancing variants (echodiff.rebalance); the defaults train on real TRAIN only.
     synthetic_roots: list[str] = dataclasses.field(default_factory=list)  # EchoNet-format synthetic folders
     use_synthetic: bool = False  # pool synthetic_roots' TRAIN rows with the real ones
@@ -108,21 +110,24 @@ class EFTrainConfig:
 
 
 #: settings that may change when a run resumes (they do not shape the trained weights)
-RESUMABLE_CHANGES = ("epochs", "num_workers", "eval_batch_size", "eval_protocol", "cache_dir")
+RESUMABLE_CHANGES = ("epochs", "num_workers", "eval_batch_size", "eval_protocol", "cache_dir", "keep_checkpoints")
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary name beside ``path``, then rename: a checkpoint is whole or absent."""
-    with atomic_path(path) as tmp:
+def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename: a checkpoint is whole or absent. ``keep``:
+    how many replaced copies stay beside it (``last.1.pt`` ...), to fall back to."""
+    with rotate_checkpoint(path, keep) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint` (CPU tensors)."""
+def load_checkpoint(path: str | Path, keep: int = 0) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` (CPU tensors); with ``keep``, the newest readable of it and
+    its older copies. An unreadable file is a :class:`~echodiff.io.CheckpointError` naming it and the fix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    state, _ = read_checkpoint(path, lambda p: torch.load(p, map_location="cpu", weights_only=False), keep)
+    return state
 
 
 def _check_splits(cfg: EFTrainConfig) -> float:
@@ -150,7 +155,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     if hasattr(train_data, "labels"):  # a variant's pooled set: its own mean EF
         train_mean = float(train_data.labels.mean())
     precision = cfg.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
+    if compute_device().type == "cpu" and precision == "fp16":
         print("ef_training: fp16 needs a GPU; training in fp32 on the CPU")
         precision = "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),  # CPU processes: gloo
@@ -175,7 +180,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     start_epoch, best_val, history = 0, float("inf"), []
     last = checkpoint_dir / "last.pt"
     if resume and last.is_file():
-        state = load_checkpoint(last)
+        state = load_checkpoint(last, cfg.keep_checkpoints)
         changed = changed_settings(state.get("train_config"), dataclasses.asdict(cfg), RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"{last} was trained with other settings ({'; '.join(changed)}): resuming it would "
@@ -236,7 +241,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                      "best_val_loss": best_val, "history": history, "rng": rng_state(),
                      "train_config": dataclasses.asdict(cfg)}
-            save_checkpoint(last, state)
+            save_checkpoint(last, state, cfg.keep_checkpoints)
             if improved:
                 save_checkpoint(checkpoint_dir / "best.pt", state)
             if mlflow.active_run() is not None:
@@ -276,7 +281,7 @@ def predict(model: EFRegressor, cfg: EFTrainConfig, split: str, protocol: str | 
     protocol = protocol or cfg.eval_protocol
     if protocol not in ("single", "all"):
         raise ValueError(f"protocol must be 'single' or 'all', got {protocol!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or compute_device())
     model = model.to(device).eval()
     data = cfg.dataset(split, train=False, clips="first" if protocol == "single" else "all")
     rows = []

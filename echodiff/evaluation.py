@@ -26,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from echodiff import preempt
 from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.data.video import write_video
+from echodiff.device import compute_device
 from echodiff.diffusion.imagen import CascadeModel
 from echodiff.diffusion.sampling import sample
 from echodiff.io import atomic_path, atomic_write_csv
@@ -214,6 +216,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
         _write_features(features, features_path(out_csv))  # before the CSV: a row is never without features
         atomic_write_csv(rows, out_csv, index=False)
+        preempt.check(f"{out_csv} ({len(rows)} rows; the next run skips them)")
     if not out_csv.exists():  # an empty chunk still leaves its (empty) file, so the merge can list it
         atomic_write_csv(rows, out_csv, index=False)
     return read_scores(out_csv)  # exactly what is on disk
@@ -425,7 +428,7 @@ def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
         path = resolve_path(value)
         return path if path.exists() else value
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = compute_device()
     model = load_model_folder(local_or_run_id(params["model"])).to(device)
     regressor = load_regressor(local_or_run_id(params["regressor"])).to(device)
     return model, regressor
@@ -466,4 +469,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    preempt.run_main(main, "evaluation")

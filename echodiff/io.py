@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -42,3 +43,53 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, or not a checkpoint)."""
+
+
+def previous_checkpoints(path: str | os.PathLike, keep: int = 1) -> list[Path]:
+    """Older copies :func:`rotate_checkpoint` keeps beside ``path``: ``last.1.pt`` (newest) ... ``last.<keep>.pt``."""
+    path = Path(path)
+    return [path.with_name(f"{path.stem}.{i}{path.suffix}") for i in range(1, keep + 1)]
+
+
+@contextlib.contextmanager
+def rotate_checkpoint(path: str | os.PathLike, keep: int = 1) -> Iterator[Path]:
+    """Like :func:`atomic_path`, but the replaced file is kept as ``<stem>.1<suffix>`` (and older ones shifted up to
+    ``keep``), so that a checkpoint damaged later (a full disk, a copy cut short) leaves one to fall back to."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        yield tmp
+        if path.exists() and keep > 0:
+            older = previous_checkpoints(path, keep)
+            for src, dst in zip(reversed(older[:-1]), reversed(older[1:]), strict=True):
+                if src.exists():
+                    os.replace(src, dst)
+            os.replace(path, older[0])
+
+
+def read_checkpoint(path: str | os.PathLike, reader: Callable[[Path], Any], keep: int = 1) -> tuple[Any, Path]:
+    """``reader(path)``, or -- when ``path`` cannot be read -- ``reader`` of the newest readable older copy
+    (:func:`rotate_checkpoint`), saying so. Returns ``(what reader returned, the file it came from)``.
+
+    Raises :class:`CheckpointError` naming the file, why, and the ways out when no copy can be read.
+    """
+    path = Path(path)
+    errors = []
+    for candidate in [path, *previous_checkpoints(path, keep)]:
+        if not candidate.is_file():
+            continue
+        try:
+            result = reader(candidate)
+        except Exception as exc:  # torch.load raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
+            errors.append(f"{candidate.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        if candidate != path:
+            print(f"checkpoint: {path} cannot be read ({errors[0]}); resuming from the previous one, {candidate}",
+                  flush=True)
+        return result, candidate
+    raise CheckpointError(f"{path} cannot be read ({'; '.join(errors) or 'missing'}): it is truncated or corrupt, and "
+                          "there is no readable earlier copy beside it. Restore it from a backup, or start over "
+                          "with resume=False (or another checkpoint_dir).")

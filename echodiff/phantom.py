@@ -435,9 +435,20 @@ def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: 
 
 
 def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0) -> bool:
-    """Write a phantom of ``n`` videos at ``root`` unless it already holds a ``FileList.csv``; True if written."""
-    if (Path(root) / "FileList.csv").is_file():
+    """Write a phantom of ``n`` videos at ``root`` unless it already holds a ``FileList.csv``; True if written.
+
+    Only where a phantom was asked for: the folder's name must contain ``phantom`` (``data/phantom``,
+    ``data/phantom-mini``). Any other folder without ``FileList.csv`` -- a mistyped or nested path to the real
+    dataset -- is a :class:`FileNotFoundError`, never a small fake dataset that a run would silently train on.
+    """
+    root = Path(root)
+    if (root / "FileList.csv").is_file():
         return False
+    if "phantom" not in root.name.lower():
+        raise FileNotFoundError(
+            f"dataset folder not found: {root / 'FileList.csv'} does not exist. For EchoNet-Dynamic, point data_root "
+            "at the folder that holds FileList.csv, VolumeTracings.csv and Videos/ (and set make_phantom=False); "
+            "a phantom is written only into a folder whose name contains 'phantom' (e.g. data/phantom)")
     write_phantom(root, n=n, seed=seed)
     return True
 

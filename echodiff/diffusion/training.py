@@ -27,6 +27,7 @@ from echodiff import preempt, tracking
 from echodiff.config import changed_settings, load_params, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
+from echodiff.device import compute_device
 from echodiff.diffusion.imagen import (
     CascadeModel,
     cascade_config,
@@ -36,7 +37,7 @@ from echodiff.diffusion.imagen import (
     to_video_channels,
     video_channels,
 )
-from echodiff.io import atomic_path
+from echodiff.io import read_checkpoint, rotate_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
 
 
@@ -62,6 +63,7 @@ class DiffusionTrainConfig:
     num_workers: int = 0
     seed: int = 0
     cache_dir: str | None = None
+    keep_checkpoints: int = 1  # replaced trainer.pt files kept as trainer.1.pt ... (a resume falls back to them)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DiffusionTrainConfig:
@@ -71,7 +73,8 @@ class DiffusionTrainConfig:
 
 
 #: settings that may change when a stage resumes (they do not shape the trained weights)
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every", "val_batches", "num_workers", "cache_dir")
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every", "val_batches", "num_workers", "cache_dir",
+                     "keep_checkpoints")
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -107,7 +110,7 @@ def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
     cascade = CascadeModel(config)
     if not 1 <= cfg.stage <= cascade.num_stages:
         raise ValueError(f"stage {cfg.stage} does not exist: {cfg.model} has {cascade.num_stages} stage(s)")
-    precision = cfg.precision if torch.cuda.is_available() else "no"
+    precision = cfg.precision if compute_device().type == "cuda" else "no"
     return imagen_pytorch.ImagenTrainer(
         imagen=cascade.imagen, lr=cfg.lr, use_ema=True, only_train_unet_number=cfg.stage,
         precision=None if precision == "no" else precision, fp16=False, split_batches=False, verbose=False,
@@ -134,7 +137,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     history: list[dict[str, float]] = []
     stage_settings: dict[int, dict[str, Any]] = {}  # per stage: the settings it was trained with
     if resume and path.is_file():
-        extra = trainer.load(str(path))
+        extra, _ = read_checkpoint(path, lambda p: trainer.load(str(p)), cfg.keep_checkpoints)
         history = list(extra.get("history", []))
         if extra.get("config") != config:
             raise ValueError(f"{path} was trained with another cascade config; use another checkpoint_dir")
@@ -187,13 +190,13 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             if trainer.is_main and mlflow.active_run() is not None:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or preempt.stop_requested():
-                save_trainer(trainer, path, config, history, stage_settings)
+                save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
                 preempt.check(f"{path} (stage {cfg.stage}, step {step})")
             if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
                 break
     bar.close()
     if ran:
-        save_trainer(trainer, path, config, history, stage_settings)
+        save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
         trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
     return trainer, pd.DataFrame(history)
 
@@ -218,13 +221,13 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
 
 
 def save_trainer(trainer: Any, path: Path, config: dict[str, Any], history: list[dict[str, float]],
-                 settings_by_stage: dict[int, dict[str, Any]] | None = None) -> None:
+                 settings_by_stage: dict[int, dict[str, Any]] | None = None, keep: int = 1) -> None:
     """ImagenTrainer.save to a temporary file beside ``path``, renamed into place. Every process must call it
     (ImagenTrainer.save starts with a barrier); only the main process writes."""
     if not trainer.is_main:
         trainer.save(str(path))  # the barrier; ImagenTrainer writes nothing on other processes
         return
-    with atomic_path(path) as tmp:
+    with rotate_checkpoint(path, keep) as tmp:
         trainer.save(str(tmp), config=config, history=history, rng=rng_state(), settings=settings_by_stage or {})
 
 
