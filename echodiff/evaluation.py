@@ -365,9 +365,15 @@ def paper_table(model_name: str, summaries: dict[str, dict[str, float]], frames:
         rows.append({"Model": model_name, "Task": task, "Protocol": protocol, "Frames": frames,
                      "Sampling time (s)": round(seconds_per_video, 2), "R2": s[f"{ef}_r2_gen"],
                      "MAE": s[f"{ef}_mae_gen"], "RMSE": s[f"{ef}_rmse_gen"], "SSIM": s[f"{sim}_ssim"],
-                     "LPIPS": s[f"{sim}_lpips"], "FID": extra.get("FID", np.nan), "FVD": extra.get("FVD", np.nan),
-                     "FD_EFreg": extra.get("FD_EFreg", np.nan), "Videos": int(s["videos"])})
+                     "LPIPS": _computed(s[f"{sim}_lpips"]), "FID": _computed(extra.get("FID")),
+                     "FVD": _computed(extra.get("FVD")), "FD_EFreg": extra.get("FD_EFreg", np.nan),
+                     "Videos": int(s["videos"])})
     return pd.DataFrame(rows)
+
+
+def _computed(value: float | None) -> float | str:
+    """A metric, or ``"not computed"`` (its network's weight file was absent): never a number made another way."""
+    return "not computed" if value is None or not np.isfinite(value) else float(value)
 
 
 def regressor_distance(scores: pd.DataFrame, score_csvs: Sequence[str | os.PathLike]) -> float:
