@@ -24,17 +24,19 @@ reused (its id feeds later stages); ``--force`` re-runs everything, ``--from S``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import papermill
 
-from echodiff import tracking
+from echodiff import preempt, tracking
 from echodiff.config import check_params, load_params, notebook_parameters, repo_root, resolve_path
 
 
@@ -79,6 +81,21 @@ def _check_stages(spec: dict[str, Any], pipeline_file: str | Path, cli: dict[str
     return out
 
 
+@contextlib.contextmanager
+def _parent_run() -> Iterator[mlflow.ActiveRun]:
+    """The pipeline's parent run, tagged with its process; KILLED on Ctrl-C or SIGTERM, FAILED on an error."""
+    run = mlflow.start_run(run_name="pipeline", tags=tracking.owner_tags())
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
+
+
 def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
                  overrides: list[str] | None = None, out: str | Path = "runs", force: bool = False,
                  start_from: str | None = None) -> dict[str, Any]:
@@ -99,8 +116,9 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
     stage_params = _check_stages(spec, pipeline_file, load_params(None, overrides))  # before any run starts
     experiment_id = tracking.setup(experiment)
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
+    tracking.close_orphans(client, experiment_id)
     result: dict[str, Any] = {"stages": {}, "skipped": [], "seconds": {}}
-    with mlflow.start_run(run_name="pipeline") as parent:
+    with _parent_run() as parent:
         result["run_id"] = parent.info.run_id
         mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(names)})
         out_dir = resolve_path(out) / parent.info.run_id
@@ -124,8 +142,8 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
                     print(f"pipeline: stage {name} unchanged since run {previous}: skipped (--force re-runs)",
                           flush=True)
                 continue
-            child = client.create_run(experiment_id, run_name=name,
-                                      tags={"mlflow.parentRunId": parent.info.run_id, "echodiff.stage": name})
+            child = client.create_run(experiment_id, run_name=name, tags={
+                "mlflow.parentRunId": parent.info.run_id, "echodiff.stage": name, **tracking.owner_tags()})
             run_id = child.info.run_id
             result["stages"][name] = run_id
             params.update(mlflow_run_id=run_id, experiment=experiment)
@@ -135,10 +153,10 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
             try:
                 papermill.execute_notebook(str(notebook), str(executed), parameters=params,
                                            cwd=str(repo_root()), progress_bar=False, log_output=True)
-            except BaseException:
+            except BaseException as exc:
                 if executed.is_file():  # absent when papermill failed before running a cell
                     client.log_artifact(run_id, str(executed))
-                client.set_terminated(run_id, "FAILED")
+                client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
                 raise
             seconds = time.perf_counter() - start
             client.log_artifact(run_id, str(executed))
@@ -170,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a notebook parameter of the stages run (repeatable)")
     parser.add_argument("--out", default="runs", help="folder for executed notebooks (default runs/)")
     args = parser.parse_args(argv)
+    preempt.terminate_on_sigterm()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)  # stream each cell's output as the stage runs
     try:
@@ -178,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except papermill.PapermillExecutionError as exc:
         print(f"pipeline: stage failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"pipeline: interrupted ({exc or 'Ctrl-C'}); its runs are marked KILLED", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2

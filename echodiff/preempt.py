@@ -9,6 +9,7 @@ exists they write their checkpoint and raise :class:`StopRequested`; the script 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -34,8 +35,19 @@ def check(where: str) -> None:
         raise StopRequested(f"stop requested via {os.environ[STOP_FILE_ENV]}; checkpoint written at {where}")
 
 
+def terminate_on_sigterm() -> None:
+    """Turn SIGTERM (``scancel``, a preemption, Slurm's time limit) into ``KeyboardInterrupt``, so that open MLflow
+    runs end as KILLED instead of staying RUNNING (main thread only)."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_main(main: Callable[[], int], name: str) -> NoReturn:
-    """Exit with ``main()``'s status; a stop on request exits with :data:`EXIT_CODE` and one line, no traceback."""
+    """Exit with ``main()``'s status; a stop on request exits with :data:`EXIT_CODE` and one line, no traceback;
+    SIGTERM ends the open MLflow runs as KILLED (:func:`terminate_on_sigterm`)."""
+    terminate_on_sigterm()
     try:
         raise SystemExit(main())
     except StopRequested as stop:

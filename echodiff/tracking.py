@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,8 +73,43 @@ def start_stage(
         mlflow.end_run()
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage)
     mlflow.set_tag("echodiff.stage", stage)
+    if run_id is None:  # a run the pipeline created carries the pipeline's process
+        mlflow.set_tags(owner_tags())
     log_params(params)
     return run
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run (``echodiff.host``, ``echodiff.pid``): see :func:`close_orphans`."""
+    return {"echodiff.host": socket.gethostname(), "echodiff.pid": str(os.getpid())}
+
+
+def close_orphans(client: Any, experiment_id: str) -> list[str]:
+    """Mark FAILED every RUNNING run of the experiment whose owner process (:func:`owner_tags`) on this host no
+    longer exists -- a job that was killed (time limit, preemption, ``scancel -9``) before it could close its runs.
+    Returns their ids; each gets an ``echodiff.note`` saying why."""
+    host, closed = socket.gethostname(), []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get("echodiff.pid", "")
+        if tags.get("echodiff.host") != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "echodiff.note", f"process {pid} on {host} ended without closing this run")
+        client.set_terminated(run.info.run_id, "FAILED")
+        print(f"tracking: run {run.info.run_id} ({run.info.run_name}) was left RUNNING by process {pid}, which no "
+              "longer exists: marked FAILED", flush=True)
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def end_stage(status: str = "FINISHED") -> None:
@@ -89,6 +125,9 @@ def stage_run(
     run = start_stage(stage, params, run_id, experiment)
     try:
         yield run
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into it (echodiff.preempt.terminate_on_sigterm)
+        end_stage("KILLED")
+        raise
     except BaseException:
         end_stage("FAILED")
         raise

@@ -186,3 +186,43 @@ def test_artifact_folders_are_registered(tmp_path):
     assert version == "2"
     source = client.get_model_version("echodiff-folder-test", "2").source
     assert source.endswith("/model")
+
+
+def test_a_terminated_pipeline_ends_its_runs_killed_and_orphans_are_closed(tmp_path):
+    """SIGTERM (scancel, a time limit) mid-stage: parent and stage runs end KILLED, not RUNNING forever. A run left
+    RUNNING by a process that died without a word (kill -9) is marked FAILED by the next pipeline on the host."""
+    import signal
+    import time
+
+    from echodiff import tracking
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    spec = _pipeline(tmp_path, data_root=str(tmp_path / "phantom"), phantom_videos=40, phantom_seed=4)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    proc = subprocess.Popen([sys.executable, "-m", "echodiff.pipeline", "-f", str(spec), "--out",
+                             str(tmp_path / "runs")], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    client = mlflow.tracking.MlflowClient(uri)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "phantom" / "Videos").is_dir():  # the stage is running
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    experiment = client.get_experiment_by_name("pipeline-test")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs["pipeline"].info.status == "KILLED" and runs["data"].info.status == "KILLED", out[-2000:]
+    # an orphan: RUNNING, owned by a process of this host that no longer exists
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = client.create_run(experiment.experiment_id, run_name="orphan",
+                               tags={**tracking.owner_tags(), "echodiff.pid": str(dead.pid)})
+    alive = client.create_run(experiment.experiment_id, run_name="alive", tags=tracking.owner_tags())  # this test
+    done = subprocess.run([sys.executable, "-m", "echodiff.pipeline", "-f", str(spec), "--out",
+                           str(tmp_path / "runs")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run {orphan.info.run_id} (orphan) was left RUNNING" in done.stdout
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    assert "ended without closing" in client.get_run(orphan.info.run_id).data.tags["echodiff.note"]
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
