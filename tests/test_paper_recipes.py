@@ -241,3 +241,21 @@ def test_a_folder_in_the_original_release_layout_samples_and_evaluates(phantom_r
     assert len(rows) == 1 and 15 <= float(rows["GT EF"].iloc[0] if "GT EF" in rows else 50) <= 100
     summary = evaluation.summarize(evaluation.merge_scores([tmp_path / "scores.csv"], 1))
     assert "avg_mae_gen" in summary
+
+
+def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py, the one command for a lent GPU, runs end to end here (tiny sizes, one cascade)."""
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--steps", "1", "--evals", "1",
+                           "--cascades", "2SCM", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [r["batch"] for r in report["training"]["2SCM"]] == [1, 1]
+    assert all(r["steps_per_s"] > 0 for r in report["training"]["2SCM"])
+    sampling = report["sampling"]["2SCM"]
+    assert sampling["evaluations_seed"] == (2 * 32 - 1) + (2 * 64 - 1) and sampling["evaluations_heun8"] == 30
+    assert sampling["seed_seconds_per_video"] > sampling["heun8_seconds_per_video"] > 0
+    assert report["regressor"]["train_clips_per_s"] > 0
+    assert "| 2SCM | 2 |" in (tmp_path / "gpu_check.md").read_text()
