@@ -259,3 +259,16 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     assert sampling["seed_seconds_per_video"] > sampling["heun8_seconds_per_video"] > 0
     assert report["regressor"]["train_clips_per_s"] > 0
     assert "| 2SCM | 2 |" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("params/pipeline/*.yaml")))
+def test_pipeline_files_check_before_anything_runs(path):
+    """Every stage's parameters of every pipeline file are valid (the check run_pipeline does before any run)."""
+    from echodiff.pipeline import _check_stages
+
+    spec = load_params(path)
+    stages = _check_stages(spec, path, {})
+    assert list(stages) == [s["name"] for s in spec["stages"]]
+    if "paper" in path:
+        assert spec["experiment"] != "echodiff" and all(
+            not p.get("make_phantom", False) for p in stages.values())
