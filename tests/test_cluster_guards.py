@@ -67,7 +67,7 @@ def _truncate(path: Path, size: int = 100) -> None:
 
 def test_ef_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_root, tmp_path, capsys):
     cfg = dict(TINY_EF, data_root=str(phantom_root))
-    _, history = train_ef_regressor(EFTrainConfig(**cfg, epochs=2), tmp_path)
+    train_ef_regressor(EFTrainConfig(**cfg, epochs=2), tmp_path)
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "last.1.pt").is_file()  # epoch 1, and epoch 0
     _truncate(tmp_path / "last.pt")
     _, resumed = train_ef_regressor(EFTrainConfig(**cfg, epochs=3), tmp_path)

@@ -77,7 +77,12 @@ def test_regression_metrics_against_hand_computation():
     assert m["r2"] == pytest.approx(1 - 150 / np.sum((y - y.mean()) ** 2))
     assert m["r"] == pytest.approx(np.corrcoef(y, pred)[0, 1])
     assert m["mae_ci_low"] <= m["mae"] <= m["mae_ci_high"] and m["r_ci_low"] <= m["r"] <= m["r_ci_high"] <= 1
-    assert np.isnan(regression_metrics(y, np.full(4, 50.0), bootstrap=0)["r"])  # a generator that ignores EF
+    assert m["slope"] == pytest.approx(np.polyfit(y, pred, 1)[0])  # 1.2 here
+    assert m["slope_ci_low"] <= m["slope"] <= m["slope_ci_high"]
+    flat = regression_metrics(y, np.full(4, 50.0), bootstrap=0)  # a generator that ignores EF
+    assert np.isnan(flat["r"]) and flat["slope"] == 0.0
+    half = regression_metrics(y, 0.5 * y + 20, bootstrap=0)  # follows EF perfectly (r 1) but at half the amplitude
+    assert half["r"] == pytest.approx(1.0) and half["slope"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="one length"):
         regression_metrics(y, pred[:3])
 
