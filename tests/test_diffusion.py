@@ -134,6 +134,9 @@ def test_released_layout_loads_with_its_ema_weights(tmp_path):
     config = tiny_config(2, ef_kind=None)
     config["imagen"]["text_embed_dim"] = 1
     imagen = build_imagen({**config, "ef_embedding": "ef"})
+    del config["frames"]  # the release layout: the clip length lives in the training config's dataset section
+    config.update(dataset={"fps": 8, "duration": 0.5, "grayscale": False}, trainer={"lr": 5e-4},
+                  checkpoint={"cond_scale": 5.0})
     trainer = imagen_pytorch.ImagenTrainer(imagen=imagen, use_ema=True, lr=1e-4)
     with torch.no_grad():
         for ema in trainer.ema_unets:
