@@ -28,7 +28,7 @@ def tiny_config(stages: int = 1, ef_kind: str | None = "ef_flag", dim: int = 8) 
     config = {"unets": {f"unet{i + 1}": dict(UNET, dim=dim) for i in range(stages)},
               "imagen": {"image_sizes": sizes, "temporal_downsample_factor": [1] * stages,
                          "num_sample_steps": 3, "sigma_data": 0.25, "S_churn": 40, "cond_drop_prob": 0.1},
-              "frames": 4}
+              "frames": 4, "fps": 8.0}
     if ef_kind:
         config["ef_embedding"] = ef_kind
     return config

@@ -65,7 +65,7 @@ def test_ef_trainer_two_processes_match_one_with_the_same_global_batch(phantom_r
     assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-4)
     # only the main process logs and writes: one run, one line per epoch, no stray temporary files
     assert len(runs(tmp_path / "store2")) == 1 and two.count("epoch 1: train_loss") == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "last.1.pt", "last.pt"]
     assert one.count("epoch 1: train_loss") == 1
 
 
@@ -97,4 +97,4 @@ def test_diffusion_trainer_two_processes_match_one_with_the_same_global_batch(ph
     assert (wa - wb).norm() < 0.6 * (wa - init).norm()
     assert 0.8 < float((wb - init).norm() / (wa - init).norm()) < 1.25
     assert len(runs(tmp_path / "store2")) == 1 and two.count("diffusion: model in") == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "trainer.pt"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "trainer.1.pt", "trainer.pt"]

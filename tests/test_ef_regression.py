@@ -185,7 +185,7 @@ def test_bad_input(learn_root, tmp_path):
     # a checkpoint of another architecture
     cfg = EFTrainConfig(data_root=str(learn_root), **dict(TINY, epochs=1))
     train_ef_regressor(cfg, tmp_path / "w4")
-    with pytest.raises(ValueError, match="checkpoint is for"):
+    with pytest.raises(ValueError, match=r"trained with other settings \(width: 4 -> 8\)"):
         train_ef_regressor(EFTrainConfig(data_root=str(learn_root), **dict(TINY, width=8)), tmp_path / "w4")
     state = load_checkpoint(tmp_path / "w4" / "best.pt")
     state["model_config"]["width"] = 8
