@@ -37,7 +37,14 @@ import mlflow
 import papermill
 
 from echodiff import preempt, tracking
-from echodiff.config import check_params, load_params, notebook_parameters, repo_root, resolve_path
+from echodiff.config import (
+    check_params,
+    load_params,
+    notebook_parameters,
+    print_settings,
+    repo_root,
+    resolve_path,
+)
 
 
 def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:
@@ -187,11 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a notebook parameter of the stages run (repeatable)")
     parser.add_argument("--out", default="runs", help="folder for executed notebooks (default runs/)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every stage's effective parameters as YAML and exit (no run, no data)")
     args = parser.parse_args(argv)
     preempt.terminate_on_sigterm()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)  # stream each cell's output as the stage runs
     try:
+        if args.dry_run:
+            print_settings(_check_stages(load_params(args.file), args.file, load_params(None, args.param)))
+            return 0
         result = run_pipeline(args.file, only=args.only, overrides=args.param, out=args.out, force=args.force,
                               start_from=args.start_from)
     except papermill.PapermillExecutionError as exc:

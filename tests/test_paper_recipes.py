@@ -272,3 +272,15 @@ def test_pipeline_files_check_before_anything_runs(path):
     if "paper" in path:
         assert spec["experiment"] != "echodiff" and all(
             not p.get("make_phantom", False) for p in stages.values())
+
+
+def test_pipeline_dry_run_prints_every_stage_and_refuses_typos():
+    done = subprocess.run([sys.executable, "-m", "echodiff.pipeline", "-f", "params/pipeline/paper_2SCM.yaml",
+                           "--dry-run", "-p", "seed=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = yaml.safe_load(done.stdout)
+    assert list(stages) == ["data", "ef_regression", "diffusion_stage1", "diffusion", "evaluate", "rebalance", "report"]
+    assert stages["ef_regression"]["seed"] == 3 and stages["diffusion"]["stage"] == 2
+    bad = subprocess.run([sys.executable, "-m", "echodiff.pipeline", "-f", "params/pipeline/demo.yaml", "--dry-run",
+                          "-p", "epochz=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no stage of params/pipeline/demo.yaml has such a parameter" in bad.stderr
