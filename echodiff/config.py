@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import difflib
+import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +88,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
     """Names and default values of a notebook's tagged ``parameters`` cell (``None`` where not a literal)."""
-    import ast
-    import json
 
     path = resolve_path(notebook)
     cells = json.loads(path.read_text())["cells"]
@@ -110,7 +115,6 @@ def stage_keys(stage: str) -> set[str]:
 
 def check_params(params: dict[str, Any], allowed: set[str] | None, source: str) -> dict[str, Any]:
     """Refuse unknown keys (naming the nearest valid ones) and values outside :data:`RANGES`; return ``params``."""
-    import difflib
 
     if allowed is not None:
         unknown = sorted(set(params) - allowed)
@@ -147,8 +151,6 @@ def settings(cls: type, params: dict[str, Any], source: str = "parameters") -> A
     """Build the dataclass ``cls`` from the keys of ``params`` it declares, checking each value against the
     field's type (``int``, ``float``, ``str``, ``bool``, ``None`` and lists of them); other keys are the
     caller's (they are checked by :func:`check_params`)."""
-    import dataclasses
-    import typing
 
     hints = typing.get_type_hints(cls)
     values = {}
@@ -163,8 +165,6 @@ def settings(cls: type, params: dict[str, Any], source: str = "parameters") -> A
 
 
 def _fits(value: Any, hint: Any) -> bool:
-    import types
-    import typing
 
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -191,7 +191,6 @@ def stage_cli(stage: str, prog: str, description: str, argv: list[str] | None = 
               commands: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
     """Parse a stage command line ``[COMMAND] -f FILE [KEY=VALUE ...] [--dry-run]`` (options and ``KEY=VALUE``
     in any order) and return ``(args, params)``, the latter checked by :func:`stage_params`."""
-    import argparse
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     if commands:
@@ -206,7 +205,6 @@ def stage_cli(stage: str, prog: str, description: str, argv: list[str] | None = 
 
 def print_settings(settings_by_name: dict[str, Any]) -> None:
     """Print effective settings (dataclasses or mappings) as one YAML document (``--dry-run``)."""
-    import dataclasses
 
     plain = {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
              for name, value in settings_by_name.items()}
