@@ -25,6 +25,16 @@ TINY_EF = dict(frames=4, fps=8.0, image_size=16, width=4, batch_size=4, lr=1e-3,
                num_workers=0, bias=None, eval_batch_size=8, pad=None)
 
 
+def _tiny_cascade(channels: int = 3) -> dict:
+    """A one-stage cascade of 16-px, 4-frame videos that trains and samples in seconds."""
+    unet = dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, max_text_len=1, layer_attns=False,
+                layer_cross_attns=[False, True], cond_images_channels=3, attend_at_middle=False, attn_heads=2,
+                attn_dim_head=8, init_cross_embed=False, use_global_context_attn=False)
+    return {"unets": {"unet1": unet}, "frames": 4, "fps": 8.0, "channels": channels,
+            "imagen": {"image_sizes": [16], "temporal_downsample_factor": [1], "num_sample_steps": 2,
+                       "sigma_data": 0.25}}
+
+
 def test_a_phantom_is_written_only_where_one_was_asked_for(tmp_path):
     typo = tmp_path / "EchoNet-Dynamc"
     with pytest.raises(FileNotFoundError, match=r"dataset folder not found: .*EchoNet-Dynamc/FileList.csv"):
@@ -81,12 +91,7 @@ def test_ef_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_ro
 
 def test_diffusion_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_root, tmp_path, capsys):
     cascade = tmp_path / "tiny.yaml"
-    unet = dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, max_text_len=1, layer_attns=False,
-                layer_cross_attns=[False, True], cond_images_channels=3, attend_at_middle=False, attn_heads=2,
-                attn_dim_head=8, init_cross_embed=False, use_global_context_attn=False)
-    cascade.write_text(yaml.safe_dump({"unets": {"unet1": unet}, "frames": 4, "fps": 8.0, "channels": 1,
-                                       "imagen": {"image_sizes": [16], "temporal_downsample_factor": [1],
-                                                  "num_sample_steps": 2, "sigma_data": 0.25}}))
+    cascade.write_text(yaml.safe_dump(_tiny_cascade(channels=1)))
     cfg = dict(model=str(cascade), data_root=str(phantom_root), batch_size=2, checkpoint_every=1, val_every=10,
                val_batches=1, precision="no", seed=1)
     train_stage(DiffusionTrainConfig(**cfg, steps=2), tmp_path / "ckpt")
@@ -101,13 +106,8 @@ def test_diffusion_trainer_falls_back_to_the_previous_checkpoint_or_says_why(pha
 
 
 def test_a_score_chunk_stops_after_its_batch_when_asked_and_resumes(phantom_root, tmp_path, monkeypatch):
-    unet = dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, max_text_len=1, layer_attns=False,
-                layer_cross_attns=[False, True], cond_images_channels=3, attend_at_middle=False, attn_heads=2,
-                attn_dim_head=8, init_cross_embed=False, use_global_context_attn=False)
     torch.manual_seed(0)
-    model = CascadeModel({"unets": {"unet1": unet}, "frames": 4, "fps": 8.0,
-                          "imagen": {"image_sizes": [16], "temporal_downsample_factor": [1], "num_sample_steps": 2,
-                                     "sigma_data": 0.25}}).eval()
+    model = CascadeModel(_tiny_cascade()).eval()
     regressor = EFRegressor(4, bias=50.0).eval()
     cfg = evaluation.ScoreConfig(data_root=str(phantom_root), max_videos=2, batch_videos=1, steps=2)
     out = tmp_path / "scores.csv"

@@ -1,23 +1,19 @@
 """Every stage notebook: a tagged `parameters` cell papermill can override, outputs stripped in git, and a
 params file for `make demo` whose keys all exist in that cell (a typo would be silently ignored otherwise)."""
 
-import ast
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from echodiff.config import repo_root
+from echodiff.config import notebook_parameters, repo_root
 
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def parameters(path: Path) -> set[str]:
-    cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
-    assert len(cells) == 1, f"{path.name}: needs exactly one cell tagged 'parameters', found {len(cells)}"
-    tree = ast.parse("".join(cells[0]["source"]))
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+    return set(notebook_parameters(path))  # exactly one tagged cell, else a ValueError naming the notebook
 
 
 def test_every_stage_notebook_is_parameterised_and_clean():
