@@ -6,6 +6,7 @@ Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
     unets:  {unet1: {dim: 64, dim_mults: [1, 2, 4], ...}, unet2: {...}}   # one Unet3D per stage, in order
     imagen: {image_sizes: [112], temporal_downsample_factor: [1], num_sample_steps: 64, sigma_data: 0.25, ...}
     ef_embedding: ef_flag        # echodiff's [EF/100, 1]; "ef" = the seed's [EF/100] (released weights)
+    residual_gain: 2.0           # optional: generate (video - anatomy frame) x gain instead of the video itself
 
 Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 """
@@ -89,7 +90,7 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
 
 
 #: the top-level keys of a cascade config (``params/diffusion/*.yaml``, a model folder's ``config.yaml``)
-CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen")
+CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -124,6 +125,10 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
         config["ef_embedding"] = "ef" if config["imagen"].get("text_embed_dim", 1) == 1 else "ef_flag"
     if int(config["frames"]) < 1 or float(config["fps"]) <= 0:
         raise ValueError(f"{source}: frames and fps must be positive, got {config['frames']} and {config['fps']}")
+    gain = config.get("residual_gain")
+    if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0):
+        raise ValueError(f"{source}: residual_gain must be a positive number (or absent: generate the video "
+                         f"itself), got {gain!r}")
     return config
 
 
@@ -173,6 +178,34 @@ def video_channels(config: dict[str, Any]) -> int:
 def to_video_channels(clip: torch.Tensor, channels: int) -> torch.Tensor:
     """RGB clips ``(B, 3, T, H, W)`` as the cascade's training target: unchanged, or their grey mean."""
     return clip if channels == 3 else clip.mean(1, keepdim=True)
+
+
+def training_target(clip: torch.Tensor, anatomy: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
+    """What the cascade learns to generate, ``(B, C, T, H, W)`` in [0, 1], from RGB clips ``(B, 3, T, H, W)`` and
+    their anatomy frames ``(B, 3, H, W)`` (same size, both in [0, 1]).
+
+    Without ``residual_gain`` the clip itself (grey if ``channels: 1``). With it, the clip's difference from its
+    anatomy frame, ``(clip - anatomy) x gain``, mapped to [0, 1] by ``(d + 1) / 2`` (0.5 = no change; clipped,
+    which at gain 2 touches only changes beyond half the intensity range): the U-Net then spends no steps learning
+    to copy the anatomy frame and all of its loss is on the heart's motion. :func:`output_video` inverts it.
+    """
+    channels = video_channels(config)
+    clip = to_video_channels(clip, channels)
+    gain = config.get("residual_gain")
+    if not gain:
+        return clip
+    still = to_video_channels(anatomy, channels)[:, :, None]
+    return ((clip - still) * float(gain) + 1).div(2).clamp(0, 1)
+
+
+def output_video(generated: torch.Tensor, anatomy: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
+    """A video ``(B, C, T, H, W)`` in [0, 1] from what the cascade generated (:func:`training_target`'s space),
+    given the anatomy frames ``(B, 3, H, W)`` at the generated size."""
+    gain = config.get("residual_gain")
+    if not gain:
+        return generated.clamp(0, 1)
+    still = to_video_channels(anatomy.to(generated), video_channels(config))[:, :, None]
+    return (still + (generated * 2 - 1) / float(gain)).clamp(0, 1)
 
 
 class CascadeModel(torch.nn.Module):

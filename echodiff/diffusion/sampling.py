@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from echodiff.data.transforms import resize
 from echodiff.data.video import write_video
-from echodiff.diffusion.imagen import CascadeModel, ef_embedding
+from echodiff.diffusion.imagen import CascadeModel, ef_embedding, output_video
 
 
 def _per_stage(model: CascadeModel, name: str, value: float | list[float]) -> list[float]:
@@ -56,6 +57,7 @@ def sample(
     seed: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
+    last_stage: int | None = None,
 ) -> torch.Tensor:
     """Generate videos ``(B, 3, T, H, W)`` in [0, 1] conditioned on anatomy frames and target EFs.
 
@@ -69,6 +71,8 @@ def sample(
         cond_scale: classifier-free guidance scale (EchoDiffusion: 5 for samples, 1 for dataset generation).
         seed: makes the result reproducible; the global RNG is left as it was.
         batch_size: videos per forward pass (default: all at once).
+        last_stage: stop after this stage (1-based; default: all), e.g. to look at stage 1's low-resolution
+            videos; they come out at that stage's size.
     """
     anatomy = torch.as_tensor(anatomy, dtype=torch.float32)
     if anatomy.ndim == 3:
@@ -86,6 +90,10 @@ def sample(
     frames = frames or model.config.get("frames")
     if not frames:
         raise ValueError("frames is required (the model config has no `frames`)")
+    last_stage = model.num_stages if last_stage is None else int(last_stage)
+    if not 1 <= last_stage <= model.num_stages:
+        raise ValueError(f"last_stage must be within 1-{model.num_stages}, got {last_stage}")
+    out_size = int(model.imagen.image_sizes[last_stage - 1])
     device = torch.device(device or model.device)
     batch_size = batch_size or anatomy.shape[0]
     outputs = []
@@ -97,8 +105,10 @@ def sample(
             chunk = slice(start, start + batch_size)
             video = model.imagen.sample(
                 text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device), video_frames=frames,
-                batch_size=anatomy[chunk].shape[0], cond_scale=cond_scale, use_tqdm=False, device=device)
-            outputs.append(video.float().clamp(0, 1).cpu().expand(-1, 3, -1, -1, -1))  # grey cascades: 1 -> 3
+                batch_size=anatomy[chunk].shape[0], cond_scale=cond_scale, use_tqdm=False, device=device,
+                stop_at_unet_number=last_stage)
+            video = output_video(video.float().cpu(), resize(anatomy[chunk], out_size), model.config)
+            outputs.append(video.expand(-1, 3, -1, -1, -1))  # grey cascades: 1 -> 3
     return torch.cat(outputs)
 
 

@@ -34,8 +34,7 @@ from echodiff.diffusion.imagen import (
     ef_embedding,
     import_imagen,
     save_model_folder,
-    to_video_channels,
-    video_channels,
+    training_target,
 )
 from echodiff.io import read_checkpoint, rotate_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
@@ -131,7 +130,6 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     seed_everything(cfg.seed)  # before building: the initial weights are part of the run
     trainer = make_trainer(config, cfg)
     kind = config.get("ef_embedding", "ef_flag")
-    channels = video_channels(config)
     size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
     path = checkpoint_dir / "trainer.pt"
     history: list[dict[str, float]] = []
@@ -175,7 +173,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                                 rank, processes),
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
         for anatomy, ef, clip in loader:
-            loss = trainer(to_video_channels(clip, channels), text_embeds=ef_embedding(ef, kind),
+            loss = trainer(training_target(clip, anatomy, config), text_embeds=ef_embedding(ef, kind),
                            cond_images=resize(anatomy, size), unet_number=cfg.stage,
                            max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
             trainer.update(unet_number=cfg.stage)
@@ -183,7 +181,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             ran += 1
             row = {"step": step, "train_loss": float(loss), "lr": trainer.get_lr(cfg.stage)}
             if step % cfg.val_every == 0 or step == cfg.steps:
-                row["val_loss"] = validation_loss(trainer, val, cfg, kind)
+                row["val_loss"] = validation_loss(trainer, val, cfg, config)
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", refresh=False)
@@ -202,7 +200,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
 
 
 @torch.no_grad()
-def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig, kind: str) -> float:
+def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig, config: dict[str, Any]) -> float:
     """Mean denoising loss of the EMA stage on the first ``val_batches`` VAL batches, with fixed clips and noise."""
     losses = []
     with torch.random.fork_rng(), trainer.use_ema_unets():
@@ -212,8 +210,9 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
             if i >= cfg.val_batches:
                 break
             trainer.imagen.eval()
-            clip = to_video_channels(clip, trainer.imagen.channels)
-            losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(ef, kind).to(
+            clip = training_target(clip, anatomy, config)
+            losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(
+                ef, config.get("ef_embedding", "ef_flag")).to(
                 trainer.device), cond_images=resize(anatomy, trainer.imagen.image_sizes[-1]).to(trainer.device),
                 unet_number=cfg.stage)))
     trainer.imagen.train()
