@@ -11,12 +11,14 @@ import contextlib
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric
 
 from echodiff.config import repo_root
 from echodiff.io import atomic_write_csv
@@ -162,6 +164,20 @@ def log_params(params: dict[str, Any]) -> None:
 def _param(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def log_metric_rows(rows: list[dict[str, float]]) -> None:
+    """Log ``rows`` (each a mapping with a ``step`` and metric values; NaN skipped) to the active run, if any, in
+    one request: a training loop that logs every step buffers its rows and calls this now and then, since one
+    request per step costs a database transaction each (≈ 25 % of a CPU demo's stage-1 step)."""
+    run = mlflow.active_run()
+    if run is None or not rows:
+        return
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, int(row["step"])) for row in rows for key, value in row.items()
+               if key != "step" and value == value]
+    for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=metrics[start:start + 1000])
 
 
 def log_table(frame: pd.DataFrame, name: str) -> None:

@@ -4,13 +4,15 @@ import pytest
 import torch
 import yaml
 
-from echodiff.diffusion import load_model_folder, sample
+from echodiff.diffusion import import_imagen, load_model_folder, sample
 from echodiff.diffusion.training import (
     DiffusionTrainConfig,
+    check_window,
     export_model,
     load_cascade_config,
-    stage_plan,
+    stage_configs,
     train_stage,
+    window,
 )
 from tests.test_diffusion import tiny_config
 
@@ -34,12 +36,16 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_interrupted_stage_resumes_exactly(phantom_root, cascade_file, tmp_path):
+def test_interrupted_stage_resumes_exactly(phantom_root, cascade_file, tmp_path, monkeypatch):
     _, history = train_stage(_cfg(cascade_file, phantom_root), tmp_path / "straight")
     assert list(history.step) == [1, 2, 3, 4] and history.val_loss.notna().sum() == 2
     _, first = train_stage(_cfg(cascade_file, phantom_root), tmp_path / "split", stop_after_steps=2)
     assert list(first.step) == [1, 2] and int(_state(tmp_path / "split" / "trainer.pt")["steps"][0]) == 2
+    trainer_class, updates = import_imagen().ImagenTrainer, []
+    update = trainer_class.update
+    monkeypatch.setattr(trainer_class, "update", lambda self, *a, **k: (updates.append(1), update(self, *a, **k))[1])
     _, history = train_stage(_cfg(cascade_file, phantom_root), tmp_path / "split")
+    assert len(updates) == 2  # only the steps left: a resume that retrained from scratch would make 4
     assert list(history.step) == [1, 2, 3, 4]
     a, b = _state(tmp_path / "straight" / "trainer.pt"), _state(tmp_path / "split" / "trainer.pt")
     assert torch.equal(a["steps"], b["steps"])
@@ -70,7 +76,7 @@ def test_bad_stage_and_config_mismatch(phantom_root, cascade_file, tmp_path):
     other = tiny_config(2, dim=16)
     other["fps"] = 8.0
     cascade_file.write_text(yaml.safe_dump(other))
-    with pytest.raises(Exception, match="another cascade config|size mismatch"):
+    with pytest.raises(ValueError, match="trained with another cascade config"):
         train_stage(_cfg(cascade_file, phantom_root, steps=2), tmp_path / "y")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"unets": {}, "imagen": {}}))
@@ -78,10 +84,32 @@ def test_bad_stage_and_config_mismatch(phantom_root, cascade_file, tmp_path):
         train_stage(_cfg(bad, phantom_root), tmp_path / "z")
 
 
-def test_stage_plan_pairs_steps_and_batch_sizes_with_stages():
-    assert stage_plan(2, 100, 8) == [(2, 100, 8)]
-    assert stage_plan([1, 2], [450, 100], [8, 4]) == [(1, 450, 8), (2, 100, 4)]
-    assert stage_plan([1, 2], 10, [8, 4]) == [(1, 10, 8), (2, 10, 4)]
+def test_stage_configs_pair_per_stage_values_with_stages():
+    def plan(**params):
+        return [(c.stage, c.steps, c.batch_size, c.window_frames) for c in stage_configs(params)]
+
+    assert plan(stage=2, steps=100, batch_size=8) == [(2, 100, 8, None)]
+    assert plan(stage=[1, 2], steps=[450, 100], batch_size=[8, 4], window_frames=[None, 4]) == [
+        (1, 450, 8, None), (2, 100, 4, 4)]
+    assert plan(stage=[1, 2], steps=10, batch_size=[8, 4]) == [(1, 10, 8, None), (2, 10, 4, None)]
     # the demo file lists two batch sizes; overriding only stage=1 must say what to pass
     with pytest.raises(ValueError, match=r"batch_size=\[8, 4\] has 2 values for stage=\[1\].*batch_size=8"):
-        stage_plan(1, 1000, [8, 4])
+        plan(stage=1, steps=1000, batch_size=[8, 4])
+
+
+def test_window_frames_trains_a_stage_on_short_windows(phantom_root, cascade_file, tmp_path):
+    clip = torch.arange(8.0).view(1, 1, 8, 1, 1).expand(3, 1, 8, 2, 2)
+    torch.manual_seed(0)
+    short = window(clip, 4)
+    assert short.shape == (3, 1, 4, 2, 2)
+    assert all(torch.equal(w[0, :, 0, 0], torch.arange(4.0) + w[0, 0, 0, 0]) for w in short)  # consecutive frames
+    assert len({float(w[0, 0, 0, 0]) for w in window(clip[:1].expand(64, -1, -1, -1, -1), 4)}) > 1  # random starts
+    assert window(clip, None) is clip
+    with pytest.raises(ValueError, match=r"window_frames=5 must be within 1-4 \(the clip\)"):
+        train_stage(_cfg(cascade_file, phantom_root, window_frames=5), tmp_path / "w")
+    with pytest.raises(ValueError, match=r"multiple of the largest temporal_downsample_factor \(2\)"):
+        check_window(DiffusionTrainConfig(window_frames=3),
+                     {"frames": 16, "imagen": {"temporal_downsample_factor": [2, 1]}})
+    trainer, history = train_stage(_cfg(cascade_file, phantom_root, stage=2, steps=2, window_frames=2),
+                                   tmp_path / "w2")
+    assert trainer.steps.tolist()[1] == 2 and history.train_loss.notna().all()

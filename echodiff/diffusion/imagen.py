@@ -7,6 +7,7 @@ Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
     imagen: {image_sizes: [112], temporal_downsample_factor: [1], num_sample_steps: 64, sigma_data: 0.25, ...}
     ef_embedding: ef_flag        # echodiff's [EF/100, 1]; "ef" = the seed's [EF/100] (released weights)
     residual_gain: 2.0           # optional: generate (video - anatomy frame) x gain instead of the video itself
+    lowres_noise_max: 0.2        # optional: train super-resolution stages with low-res noise levels in [0, 0.2]
 
 Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 """
@@ -14,6 +15,7 @@ Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import os
 import sys
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from echodiff import tracking
 from echodiff.io import atomic_path, atomic_write_text
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
@@ -90,7 +93,8 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
 
 
 #: the top-level keys of a cascade config (``params/diffusion/*.yaml``, a model folder's ``config.yaml``)
-CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain")
+CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
+                "lowres_noise_max")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -129,6 +133,9 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
     if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0):
         raise ValueError(f"{source}: residual_gain must be a positive number (or absent: generate the video "
                          f"itself), got {gain!r}")
+    top = config.get("lowres_noise_max")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, float)) or not 0 < top <= 1):
+        raise ValueError(f"{source}: lowres_noise_max must be within (0, 1] (or absent: imagen's [0, 1]), got {top!r}")
     return config
 
 
@@ -164,7 +171,21 @@ def build_imagen(config: dict[str, Any]) -> torch.nn.Module:
         unet.setdefault("text_embed_dim", embed_dim)
         unet["channels"] = channels
         unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
-    return imagen_pytorch.ElucidatedImagen(unets=unets, **hparams)
+    imagen = imagen_pytorch.ElucidatedImagen(unets=unets, **hparams)
+    if config.get("lowres_noise_max") is not None:
+        imagen.lowres_noise_schedule.sample_random_times = functools.partial(
+            _lowres_training_times, float(config["lowres_noise_max"]))
+    return imagen
+
+
+def _lowres_training_times(top: float, batch_size: int, *, device: torch.device) -> torch.Tensor:
+    """Noise levels for the low-resolution conditioning of a training batch, uniform in [0, ``top``].
+
+    imagen-pytorch draws them from [0, 1] (Imagen's noise-conditioning augmentation): most super-resolution training
+    steps then see a low-res video buried in noise (at 0.5 the added noise has std 0.89), so a briefly trained stage
+    learns to ignore stage 1 and invents its own motion. Sampling uses ``imagen.lowres_sample_noise_level``, which
+    should lie in [0, ``top``]."""
+    return torch.empty(batch_size, device=device).uniform_(0, top)
 
 
 def video_channels(config: dict[str, Any]) -> int:
@@ -273,8 +294,6 @@ def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> Cascad
     """
     folder = Path(folder)
     if not folder.exists() and str(folder).isalnum() and len(str(folder)) == 32:  # an MLflow run id
-        from echodiff import tracking
-
         folder = tracking.fetch_artifact(str(folder), "model")
     for name in ("config.yaml", "merged.pt"):
         if not (folder / name).is_file():

@@ -53,7 +53,7 @@ def sample(
     frames: int | None = None,
     steps: int | list[int] | None = None,
     churn: float | list[float] | None = None,
-    cond_scale: float = 5.0,
+    cond_scale: float | list[float] = 5.0,
     seed: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
@@ -68,7 +68,8 @@ def sample(
         steps: sampler steps, one value or one per stage (default: the config's ``num_sample_steps``).
         churn: EDM's S_churn, one value or one per stage (default: the config's); 0 makes the sampler the
             deterministic second-order (Heun) ODE solver of Karras et al. 2022, Algorithm 1.
-        cond_scale: classifier-free guidance scale (EchoDiffusion: 5 for samples, 1 for dataset generation).
+        cond_scale: classifier-free guidance scale, one value or one per stage (EchoDiffusion: 5 for samples, 1
+            for dataset generation); 1 costs one network pass per step instead of two.
         seed: makes the result reproducible; the global RNG is left as it was.
         batch_size: videos per forward pass (default: all at once).
         last_stage: stop after this stage (1-based; default: all), e.g. to look at stage 1's low-resolution
@@ -94,6 +95,7 @@ def sample(
     if not 1 <= last_stage <= model.num_stages:
         raise ValueError(f"last_stage must be within 1-{model.num_stages}, got {last_stage}")
     out_size = int(model.imagen.image_sizes[last_stage - 1])
+    scales = tuple(float(c) for c in _per_stage(model, "cond_scale", cond_scale))
     device = torch.device(device or model.device)
     batch_size = batch_size or anatomy.shape[0]
     outputs = []
@@ -105,7 +107,7 @@ def sample(
             chunk = slice(start, start + batch_size)
             video = model.imagen.sample(
                 text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device), video_frames=frames,
-                batch_size=anatomy[chunk].shape[0], cond_scale=cond_scale, use_tqdm=False, device=device,
+                batch_size=anatomy[chunk].shape[0], cond_scale=scales, use_tqdm=False, device=device,
                 stop_at_unet_number=last_stage)
             video = output_video(video.float().cpu(), resize(anatomy[chunk], out_size), model.config)
             outputs.append(video.expand(-1, 3, -1, -1, -1))  # grey cascades: 1 -> 3

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -36,7 +35,7 @@ from echodiff.diffusion.imagen import (
     save_model_folder,
     training_target,
 )
-from echodiff.io import read_checkpoint, rotate_checkpoint
+from echodiff.io import CheckpointMismatch, read_checkpoint, rotate_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
 
 
@@ -50,6 +49,7 @@ class DiffusionTrainConfig:
     batch_size: int = 4  # per process (the seed's --bs)
     max_batch_size: int | None = None  # micro-batch for gradient accumulation (None: the whole batch)
     ignore_time: float = 0.25  # the seed's --ignore_time: every round(1/p)-th step trains without temporal layers
+    window_frames: int | None = None  # train on random windows of this many consecutive frames (None: whole clips)
     lr: float = 5e-4
     steps: int = 1000  # total optimizer steps for this stage
     checkpoint_every: int = 100
@@ -123,7 +123,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     """Train stage ``cfg.stage`` up to ``cfg.steps``; return the ``ImagenTrainer`` and the logged history.
 
     Logs ``train_loss`` (per step), ``val_loss`` (fixed VAL batches and noise, every ``val_every``) and ``lr`` to
-    the active MLflow run, if any. ``stop_after_steps`` ends this call early (to resume later).
+    the active MLflow run, if any, in one request per checkpoint. ``stop_after_steps`` ends this call early (to
+    resume later).
     """
     checkpoint_dir = resolve_path(checkpoint_dir)
     config = load_cascade_config(cfg.model)
@@ -135,10 +136,14 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     history: list[dict[str, float]] = []
     stage_settings: dict[int, dict[str, Any]] = {}  # per stage: the settings it was trained with
     if resume and path.is_file():
-        extra, _ = read_checkpoint(path, lambda p: trainer.load(str(p)), cfg.keep_checkpoints)
+        def load(file: Path) -> dict[str, Any]:  # the cascade config first: other shapes would fail opaquely
+            if torch.load(file, map_location="cpu", weights_only=False, mmap=True).get("config") != config:
+                raise CheckpointMismatch(f"{file} was trained with another cascade config than {cfg.model}; use "
+                                         "another checkpoint_dir, or resume=False to start over")
+            return trainer.load(str(file))
+
+        extra, _ = read_checkpoint(path, load, cfg.keep_checkpoints)
         history = list(extra.get("history", []))
-        if extra.get("config") != config:
-            raise ValueError(f"{path} was trained with another cascade config; use another checkpoint_dir")
         changed = changed_settings(extra.get("settings", {}).get(cfg.stage), dataclasses.asdict(cfg),
                                    RESUMABLE_CHANGES)
         if changed:
@@ -158,11 +163,12 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
     per_epoch = max(1, len(data) // (cfg.batch_size * processes))  # optimizer steps per epoch
+    check_window(cfg, config)
     step = int(trainer.steps[cfg.stage - 1])
     trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
                   f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
                   f"device {trainer.device}")
-    ran, start = 0, time.perf_counter()
+    ran, start, pending = 0, time.perf_counter(), []  # pending: history rows not yet logged to MLflow
     bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", unit="step", disable=not trainer.is_main,
                mininterval=5.0)
     while step < cfg.steps and (stop_after_steps is None or ran < stop_after_steps):
@@ -173,6 +179,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                                 rank, processes),
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
         for anatomy, ef, clip in loader:
+            clip = window(clip, cfg.window_frames)
             loss = trainer(training_target(clip, anatomy, config), text_embeds=ef_embedding(ef, kind),
                            cond_images=resize(anatomy, size), unet_number=cfg.stage,
                            max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
@@ -183,20 +190,48 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             if step % cfg.val_every == 0 or step == cfg.steps:
                 row["val_loss"] = validation_loss(trainer, val, cfg, config)
             history.append(row)
+            pending.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", refresh=False)
-            if trainer.is_main and mlflow.active_run() is not None:
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or preempt.stop_requested():
+                if trainer.is_main:
+                    tracking.log_metric_rows(pending)  # one request per checkpoint, not per step
+                pending = []
                 save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
                 preempt.check(f"{path} (stage {cfg.stage}, step {step})")
             if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
                 break
     bar.close()
+    if trainer.is_main:
+        tracking.log_metric_rows(pending)
     if ran:
         save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
         trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
     return trainer, pd.DataFrame(history)
+
+
+def check_window(cfg: DiffusionTrainConfig, config: dict[str, Any]) -> None:
+    """``window_frames`` must fit the clip and divide by every stage's temporal downsampling."""
+    if cfg.window_frames is None:
+        return
+    factors = config["imagen"].get("temporal_downsample_factor") or [1]
+    largest = max(int(f) for f in (factors if isinstance(factors, (list, tuple)) else [factors]))
+    if not 1 <= cfg.window_frames <= int(config["frames"]) or cfg.window_frames % largest:
+        raise ValueError(f"window_frames={cfg.window_frames} must be within 1-{config['frames']} (the clip) and a "
+                         f"multiple of the largest temporal_downsample_factor ({largest})")
+
+
+def window(clip: torch.Tensor, frames: int | None) -> torch.Tensor:
+    """Random windows of ``frames`` consecutive frames of clips ``(B, C, T, H, W)``, one start per clip, drawn from
+    the global torch RNG (checkpointed, so a resumed run draws the same); ``None``: the clips unchanged.
+
+    For a super-resolution stage: its U-Net is convolutional in time and its temporal attention takes any length,
+    so it can learn from short windows (cost per step ~ frames) and still upsample the whole clip at sampling,
+    where stage 1's full-length video carries the motion."""
+    if frames is None or frames >= clip.shape[2]:
+        return clip
+    starts = torch.randint(0, clip.shape[2] - frames + 1, (clip.shape[0],))
+    return torch.stack([c[:, s:s + frames] for c, s in zip(clip, starts.tolist(), strict=True)])
 
 
 @torch.no_grad()
@@ -210,7 +245,7 @@ def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig
             if i >= cfg.val_batches:
                 break
             trainer.imagen.eval()
-            clip = training_target(clip, anatomy, config)
+            clip = training_target(window(clip, cfg.window_frames), anatomy, config)
             losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(
                 ef, config.get("ef_embedding", "ef_flag")).to(
                 trainer.device), cond_images=resize(anatomy, trainer.imagen.image_sizes[-1]).to(trainer.device),
@@ -240,20 +275,38 @@ def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Pa
     return save_model_folder(resolve_path(folder), cascade, ema=trainer.ema_unets.state_dict())
 
 
-def stage_plan(stage: int | list[int], steps: int | list[int],
-               batch_size: int | list[int]) -> list[tuple[int, int, int]]:
-    """``(stage, steps, batch size)`` for each stage to train, in order; ``steps`` and ``batch_size`` are one value
-    for every stage or a list of one value per stage."""
-    stages = [int(stage)] if isinstance(stage, int) else [int(s) for s in stage]
+#: settings a params file may give one value per stage, as a list in the order of ``stage``
+PER_STAGE = ("steps", "batch_size", "window_frames")
 
-    def per_stage(name: str, value: Any) -> list[int]:
+
+def stage_configs(params: dict[str, Any]) -> list[DiffusionTrainConfig]:
+    """One :class:`DiffusionTrainConfig` per stage listed in ``params["stage"]`` (an int or a list), in order;
+    each :data:`PER_STAGE` key is one value for every stage or a list of one value per stage."""
+    stage = params.get("stage", 1)
+    stages = [int(s) for s in stage] if isinstance(stage, (list, tuple)) else [int(stage)]
+    per_stage = {}
+    for name in PER_STAGE:
+        if name not in params:
+            continue
+        value = params[name]
         values = list(value) if isinstance(value, (list, tuple)) else [value] * len(stages)
         if len(values) != len(stages):
             raise ValueError(f"{name}={values} has {len(values)} values for stage={stages}: give one value for every "
                              f"stage or one per stage (e.g. stage={stages} {name}={values[0]})")
-        return [int(v) for v in values]
+        per_stage[name] = values
+    return [DiffusionTrainConfig.from_params({**params, "stage": s, **{k: v[i] for k, v in per_stage.items()}})
+            for i, s in enumerate(stages)]
 
-    return list(zip(stages, per_stage("steps", steps), per_stage("batch_size", batch_size), strict=True))
+
+def train_stages(plan: list[DiffusionTrainConfig], checkpoint_dir: str | Path,
+                 resume: bool = True) -> tuple[Any, pd.DataFrame]:
+    """Train the stages of ``plan`` in order in one checkpoint folder (:func:`train_stage`); return the last
+    ``ImagenTrainer`` and the history of every stage (with a ``stage`` column)."""
+    histories = []
+    for cfg in plan:
+        trainer, history = train_stage(cfg, checkpoint_dir, resume=resume)
+        histories.append(history.assign(stage=cfg.stage))
+    return trainer, pd.concat(histories, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,20 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     """
     args, params = stage_cli("diffusion", "python -m echodiff.diffusion.training", main.__doc__, argv)
     checkpoint_dir = params.get("checkpoint_dir", "outputs/diffusion")
-    plan = [DiffusionTrainConfig.from_params({**params, "stage": stage, "steps": steps, "batch_size": batch_size})
-            for stage, steps, batch_size in stage_plan(params.get("stage", 1), params.get("steps", 1000),
-                                                       params.get("batch_size", 8))]
+    plan = stage_configs(params)
     config = load_cascade_config(plan[0].model)
     if args.dry_run:
         print_settings({**{f"stage{cfg.stage}": cfg for cfg in plan}, "checkpoint_dir": checkpoint_dir,
                         "cascade": config})
         return 0
     run = None
-    for cfg in plan:
-        if run is None and int(os.environ.get("RANK", "0")) == 0:
-            run = tracking.start_stage(params.get("run_name", "diffusion"), params,
-                                       experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT))
-        trainer, history = train_stage(cfg, checkpoint_dir, resume=bool(params.get("resume", True)))
+    if int(os.environ.get("RANK", "0")) == 0:
+        run = tracking.start_stage(params.get("run_name", "diffusion"), params,
+                                   experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT))
+    trainer, history = train_stages(plan, checkpoint_dir, resume=bool(params.get("resume", True)))
     folder = export_model(trainer, config, resolve_path(checkpoint_dir) / "model")
     if trainer.is_main:
         tracking.log_file(folder / "config.yaml", "model")
