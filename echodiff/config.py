@@ -75,7 +75,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     **dict.fromkeys(("epochs", "steps", "batch_size", "max_batch_size", "batch_videos", "batch_targets",
                      "num_noise", "chunks", "phantom_videos", "frames", "image_size", "width", "eval_batch_size",
                      "checkpoint_every", "val_every", "val_batches", "grad_accum", "max_videos", "max_targets",
-                     "per_bin", "sample_steps", "lr_step_period", "stage", "period", "eval_per_bin"), (1, None)),
+                     "per_bin", "sample_steps", "lr_step_period", "stage", "period", "eval_per_bin",
+                     "window_frames"), (1, None)),
     **dict.fromkeys(("lr", "fps", "bin_width", "variant_bin_width", "eval_bin_width", "report_bin_width",
                      "gif_fps"), (1e-12, None)),
     **dict.fromkeys(("ignore_time", "ema_beta", "momentum"), (0.0, 1.0)),
@@ -128,6 +129,8 @@ def check_params(params: dict[str, Any], allowed: set[str] | None, source: str) 
             continue
         low, high = RANGES[key]
         for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None:  # a per-stage list may leave a stage at its default
+                continue
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise ValueError(f"{source}: {key}={value!r} must be a number (or a list of numbers)")
             if (low is not None and item < low) or (high is not None and item > high):

@@ -32,6 +32,7 @@ from echodiff import preempt, tracking
 from echodiff.config import changed_settings, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
 from echodiff.data.transforms import resize
+from echodiff.data.variants import parse_variant, training_set
 from echodiff.device import compute_device
 from echodiff.io import read_checkpoint, rotate_checkpoint
 from echodiff.metrics import regression_metrics
@@ -86,9 +87,7 @@ class EFTrainConfig:
     @classmethod
     def for_variant(cls, params: dict[str, Any], variant: str) -> EFTrainConfig:
         """The config of a rebalancing variant (``reference``, ``resample_N``, ``balance_Kpb``, ``all_samples``,
-        ``synthetic_only``; see :func:`echodiff.rebalance.parse_variant`) on top of ``params``."""
-        from echodiff.rebalance import parse_variant
-
+        ``synthetic_only``; see :func:`echodiff.data.variants.parse_variant`) on top of ``params``."""
         return cls.from_params({**params, **parse_variant(variant)})
 
     def dataset(self, split: str, train: bool, clips: int | str = 1, root: str | None = None) -> EchoNetDynamic:
@@ -100,8 +99,6 @@ class EFTrainConfig:
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         """The training clips: real TRAIN, or the variant's pooled and resampled set (``.labels``: EF %)."""
-        from echodiff.rebalance import training_set
-
         if not (self.use_synthetic or self.train_subset or self.per_bin or not self.real_train):
             return self.dataset("train", train=True, clips=self.train_clips)
         return training_set(self.data_root, self.synthetic_roots if self.use_synthetic else [], self.real_train,

@@ -30,10 +30,11 @@ from echodiff import preempt
 from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
-from echodiff.data.video import write_video
+from echodiff.data.video import read_video, write_video
 from echodiff.device import compute_device
-from echodiff.diffusion.imagen import CascadeModel
+from echodiff.diffusion.imagen import CascadeModel, load_model_folder
 from echodiff.diffusion.sampling import sample
+from echodiff.ef_training import load_regressor
 from echodiff.io import atomic_path, atomic_write_csv
 from echodiff.metrics.frechet import frechet_distance_of
 from echodiff.metrics.lv_area import AreaJudge, contraction, ed_outline
@@ -46,8 +47,6 @@ from echodiff.plots import video_row_gif
 SCORE_COLUMNS = ["FileName", "GT EF", "Gen EF", "Ref EF", "SSIM", "LPIPS"]
 #: What makes each row reproducible and traceable.
 RUN_COLUMNS = ["noise", "mode", "seed", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk"]
-#: Columns that must agree between a score file and the settings that extend it.
-SETTING_COLUMNS = ["mode", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
 MODES = ("factual", "counterfactual")
 
 
@@ -65,7 +64,7 @@ class ScoreConfig:
     batch_videos: int = 1  # videos per sampling batch (each with num_noise candidates)
     steps: int | list[int] | None = None  # sampler steps per stage (None: the model config's)
     churn: float | list[float] | None = None  # S_churn per stage (None: the model config's)
-    cond_scale: float = 5.0
+    cond_scale: float | list[float] = 5.0  # one value, or one per stage
     seed: int = 0
     ef_range: tuple[float, float] = (15.0, 85.0)  # counterfactual targets ~ U(ef_range)
     lpips: bool = False  # needs the VGG-16 weights file (see echodiff.metrics.video.LPIPS)
@@ -150,12 +149,20 @@ def check_resume_settings(rows: pd.DataFrame, settings: dict[str, Any], path: st
                              "write to another place (or delete it to start over)")
 
 
+#: columns that must agree between a score file and the settings that extend it
 SETTINGS_COLUMNS = ["mode", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
+
+
+def scale_text(cond_scale: float | list[float]) -> str:
+    """A guidance setting as score and dataset CSVs record it: ``5.0``, or ``[5.0, 1.0]`` per stage."""
+    if isinstance(cond_scale, (list, tuple)):
+        return str([float(c) for c in cond_scale])
+    return str(float(cond_scale))
 
 
 def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, Any]:
     return {"mode": cfg.mode, "steps": "config" if cfg.steps is None else str(cfg.steps),
-            "churn": "config" if cfg.churn is None else str(cfg.churn), "cond_scale": str(float(cfg.cond_scale)),
+            "churn": "config" if cfg.churn is None else str(cfg.churn), "cond_scale": scale_text(cfg.cond_scale),
             "model_id": str(model_id), "regressor_id": str(regressor_id)}
 
 
@@ -471,8 +478,6 @@ def motion_summary(real: torch.Tensor, generated: torch.Tensor, fps: float) -> d
 
 def saved_candidates(scores: pd.DataFrame, videos_dir: str | os.PathLike) -> torch.Tensor:
     """The AVIs :func:`generate_scores` kept for these score rows, ``(N, 3, T, H, W)`` in [0, 1]."""
-    from echodiff.data.video import read_video
-
     folder = Path(videos_dir) / "Videos"
     return torch.stack([torch.from_numpy(read_video(folder / f"{r.FileName}_{r.mode}_{r.noise}.avi")).float() / 255
                         for r in scores.itertuples()])
@@ -486,9 +491,6 @@ def score_path(out_dir: str | os.PathLike, mode: str, chunk: int, chunks: int) -
 def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
     """The cascade (``model``: model folder or stage-02 run id) and EF regressor (``regressor``: checkpoint or
     stage-01 run id) an evaluation params mapping names."""
-    from echodiff.diffusion import load_model_folder
-    from echodiff.ef_training import load_regressor
-
     def local_or_run_id(value: str) -> str | Path:
         path = resolve_path(value)
         return path if path.exists() else value
@@ -519,13 +521,18 @@ def main(argv: list[str] | None = None) -> int:
                                    videos_dir=resolve_path(out_dir) / "videos")  # as notebook 03: FID/FVD, GIFs
             print(f"{path}: {len(rows)} rows")
         return 0
+    model, _ = load_inputs(params)
     for mode in modes:
+        cfg = ScoreConfig.from_params({**params, "mode": mode})
         chunks = int(params.get("chunks", 1))
         paths = [score_path(out_dir, mode, c, chunks) for c in range(chunks)]
         absent = [str(p) for p in paths if not p.exists()]
         if absent:
             raise SystemExit(f"missing chunk files (run `score` for them first): {absent}")
-        scores = merge_scores(paths, int(params.get("num_noise", 1)))
+        data = _clips(model, cfg)
+        n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
+        expected = [str(name) for name in data.filelist.FileName[:n]]  # every video the chunks were to score
+        scores = merge_scores(paths, cfg.num_noise, expected)
         merged = atomic_write_csv(scores, resolve_path(out_dir) / f"scores_{mode}.csv", index=False)
         summary = summarize(scores)
         print(f"{merged}: {len(scores)} rows; EF MAE avg {summary['avg_mae_gen']:.2f}, "

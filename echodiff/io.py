@@ -49,6 +49,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt, or not a checkpoint)."""
 
 
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint made with other settings: a reader raises it, and :func:`read_checkpoint` passes it
+    on at once (an older copy would not match either)."""
+
+
 def previous_checkpoints(path: str | os.PathLike, keep: int = 1) -> list[Path]:
     """Older copies :func:`rotate_checkpoint` keeps beside ``path``: ``last.1.pt`` (newest) ... ``last.<keep>.pt``."""
     path = Path(path)
@@ -83,6 +88,8 @@ def read_checkpoint(path: str | os.PathLike, reader: Callable[[Path], Any], keep
             continue
         try:
             result = reader(candidate)
+        except CheckpointMismatch:
+            raise
         except Exception as exc:  # torch.load raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
             errors.append(f"{candidate.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue

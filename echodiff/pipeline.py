@@ -1,6 +1,8 @@
 """Run the stage notebooks in order with papermill: one parent MLflow run, a nested child run per stage.
 
     python -m echodiff.pipeline -f params/pipeline/demo.yaml [--only S ...] [--from S] [--force] [-p key=value]
+    python -m echodiff.pipeline -f FILE --open-parent [-p ...]      # prints the study's parent run id
+    python -m echodiff.pipeline -f FILE --only S --parent RUN_ID    # one stage of it (a Slurm job)
 
 A pipeline file names the experiment and, per stage, the notebook, its parameter file and, optionally, which
 earlier stages' runs it reads (passed to the notebook as MLflow run ids, so stages never share ad-hoc paths)::
@@ -19,6 +21,12 @@ written to ``runs/<parent run id>/`` and logged to the child run, also when the 
 
 A stage whose notebook, parameters and inputs are unchanged since a FINISHED run is skipped and that run is
 reused (its id feeds later stages); ``--force`` re-runs everything, ``--from S`` re-runs S and what follows.
+``--only S`` runs just S, with the same rule (an unchanged finished S is reused unless ``--force``).
+
+One study, one record: ``--open-parent`` finds (or creates, in state SCHEDULED) the parent run of this pipeline
+file with these ``-p`` values, tagged with their hash, and prints its id; ``--parent ID`` makes a run of the
+pipeline continue that parent instead of opening a new one. ``slurm/submit_pipeline.sh`` uses both, so the jobs of
+a chain, and a chain submitted again, share one parent run and reuse finished stages.
 """
 
 from __future__ import annotations
@@ -88,10 +96,35 @@ def _check_stages(spec: dict[str, Any], pipeline_file: str | Path, cli: dict[str
     return out
 
 
+def _study_key(pipeline_file: str | Path, overrides: list[str] | None) -> str:
+    """Hash of a pipeline file's text and the ``-p`` values: what one study is."""
+    text = Path(resolve_path(pipeline_file)).read_text() + "\n".join(sorted(overrides or []))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def open_parent(pipeline_file: str | Path, overrides: list[str] | None = None) -> str:
+    """The id of the parent run of this pipeline file with these overrides: the newest one tagged with their
+    :func:`_study_key`, else a new run in state SCHEDULED (continued by ``run_pipeline(parent=...)``)."""
+    spec = load_params(pipeline_file)
+    _check_stages(spec, pipeline_file, load_params(None, overrides))
+    experiment_id = tracking.setup(spec.get("experiment", tracking.DEFAULT_EXPERIMENT))
+    client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
+    key = _study_key(pipeline_file, overrides)
+    runs = client.search_runs([experiment_id], f"tags.`echodiff.study` = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name="pipeline", tags={"echodiff.study": key})
+    client.update_run(run.info.run_id, status="SCHEDULED")
+    return run.info.run_id
+
+
 @contextlib.contextmanager
-def _parent_run() -> Iterator[mlflow.ActiveRun]:
-    """The pipeline's parent run, tagged with its process; KILLED on Ctrl-C or SIGTERM, FAILED on an error."""
-    run = mlflow.start_run(run_name="pipeline", tags=tracking.owner_tags())
+def _parent_run(run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The pipeline's parent run (a new one, or ``run_id`` continued), tagged with its process; KILLED on Ctrl-C
+    or SIGTERM, FAILED on an error."""
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else "pipeline")
+    mlflow.set_tags(tracking.owner_tags())
     try:
         yield run
     except KeyboardInterrupt:
@@ -105,12 +138,13 @@ def _parent_run() -> Iterator[mlflow.ActiveRun]:
 
 def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
                  overrides: list[str] | None = None, out: str | Path = "runs", force: bool = False,
-                 start_from: str | None = None) -> dict[str, Any]:
+                 start_from: str | None = None, parent: str | None = None) -> dict[str, Any]:
     """Execute the pipeline's stages; return ``{"run_id": parent id, "stages": {name: child run id},
     "skipped": [names]}``.
 
-    ``only``: run just these stages (their inputs come from earlier finished runs). ``force``: never skip.
-    ``start_from``: re-run this stage and every later one. Executed notebooks go to ``out/<parent run id>/``.
+    ``only``: just these stages (their inputs come from earlier finished runs; an unchanged finished one is
+    reused). ``force``: never skip. ``start_from``: re-run this stage and every later one. ``parent``: continue
+    this parent run (:func:`open_parent`). Executed notebooks go to ``out/<parent run id>/``.
     Raises ``papermill.PapermillExecutionError`` (with the failing cell's error) when a stage fails.
     """
     spec = load_params(pipeline_file)
@@ -125,7 +159,11 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
     tracking.close_orphans(client, experiment_id)
     result: dict[str, Any] = {"stages": {}, "skipped": [], "seconds": {}}
-    with _parent_run() as parent:
+    if parent is not None:
+        found = client.get_run(parent)  # raises for an unknown id
+        if found.info.experiment_id != experiment_id:
+            raise ValueError(f"parent run {parent} belongs to another experiment than {experiment!r}")
+    with _parent_run(parent) as parent:
         result["run_id"] = parent.info.run_id
         mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(names)})
         out_dir = resolve_path(out) / parent.info.run_id
@@ -141,8 +179,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
             notebook = resolve_path(stage["notebook"])
             fingerprint = _fingerprint(notebook, {**params, "experiment": experiment})
             previous = _finished_run(client, experiment_id, name, fingerprint)
-            chosen = bool(only) and name in only  # --only names a stage: it runs
-            if (only and not chosen) or (previous and not (chosen or force or index >= rerun_from)):
+            if (only and name not in only) or (previous and not (force or index >= rerun_from)):
                 if previous:
                     result["stages"][name] = previous
                     result["skipped"].append(name)
@@ -188,7 +225,12 @@ def timing_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echodiff.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("-f", "--file", required=True, help="pipeline YAML (e.g. params/pipeline/demo.yaml)")
-    parser.add_argument("--only", nargs="+", help="run only these stages (inputs from earlier finished runs)")
+    parser.add_argument("--only", nargs="+", help="run only these stages (inputs from earlier finished runs; "
+                        "an unchanged finished stage is reused unless --force)")
+    parser.add_argument("--parent", metavar="RUN_ID", help="continue this parent run (see --open-parent)")
+    parser.add_argument("--open-parent", action="store_true",
+                        help="print the parent run id of this pipeline file with these -p values (created, "
+                             "SCHEDULED, if none) and exit: slurm/submit_pipeline.sh passes it to every job")
     parser.add_argument("--from", dest="start_from", help="re-run this stage and every later one")
     parser.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -204,15 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print_settings(_check_stages(load_params(args.file), args.file, load_params(None, args.param)))
             return 0
+        if args.open_parent:
+            print(open_parent(args.file, args.param))
+            return 0
         result = run_pipeline(args.file, only=args.only, overrides=args.param, out=args.out, force=args.force,
-                              start_from=args.start_from)
+                              start_from=args.start_from, parent=args.parent)
     except papermill.PapermillExecutionError as exc:
         print(f"pipeline: stage failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print(f"pipeline: interrupted ({exc or 'Ctrl-C'}); its runs are marked KILLED", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, mlflow.exceptions.MlflowException) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
     print("pipeline: wall time per stage\n" + timing_table(result))

@@ -8,16 +8,15 @@ Three steps, as EchoDiffusion's ``ef_balancing.ipynb``, ``generate_dataset.py`` 
    ``num_noise``) whose regressed EF is closest to the target kept, written as an EchoNet-Dynamic folder
    (``Videos/000000.avi``, ``FileList.csv`` with Split TRAIN, EF = TargetEF, and the report columns
    CondImageFileName, ID, TargetEF, EstimatedEF in %). Resumable: finished IDs are kept, writes are atomic.
-3. :func:`training_set` (used by :class:`echodiff.ef_training.EFTrainConfig`) -- the variants: ``resample_N``
-   (N random real TRAIN videos), ``balance_Kpb`` (real + synthetic pooled in bins, K drawn per bin with
-   replacement), ``all_samples`` (real + every synthetic video), ``synthetic_only``; and
+3. the regressor variants, whose training sets :mod:`echodiff.data.variants` builds (the EF trainer reads them):
+   ``resample_N`` (N random real TRAIN videos), ``balance_Kpb`` (real + synthetic pooled in bins, K drawn per
+   bin with replacement), ``all_samples`` (real + every synthetic video), ``synthetic_only``; and
    :func:`per_bin_metrics` / :func:`balanced_subset` for evaluating them per EF bin.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,20 @@ import torch
 from tqdm.auto import tqdm
 
 from echodiff.config import resolve_path
-from echodiff.data import DatasetError, DiffusionClips, read_filelist
+from echodiff.data import DiffusionClips, read_filelist
 from echodiff.data.echonet import TRACING_COLUMNS
 from echodiff.data.transforms import resize
+from echodiff.data.variants import bin_of
 from echodiff.data.video import write_video
 from echodiff.diffusion.sampling import sample
-from echodiff.evaluation import check_resume_settings, read_text_columns
+from echodiff.ef_training import predict
+from echodiff.evaluation import check_resume_settings, read_text_columns, scale_text
 from echodiff.io import atomic_write_csv
+from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import regress_ef
 
 PLAN_COLUMNS = ["ID", "Bin", "TargetEF"]
 REPORT_COLUMNS = ["CondImageFileName", "ID", "TargetEF", "EstimatedEF"]
-VARIANT_PATTERN = re.compile(r"^(reference|all_samples|synthetic_only|resample_(\d+)|balance_(\d+)pb)$")
 
 
 def bin_edges(bin_width: float, ef_range: Sequence[float]) -> np.ndarray:
@@ -49,12 +50,6 @@ def bin_edges(bin_width: float, ef_range: Sequence[float]) -> np.ndarray:
     if not 0 <= lo < hi <= 100 or bin_width <= 0:
         raise ValueError(f"need 0 <= ef_range[0] < ef_range[1] <= 100 and bin_width > 0, got {ef_range}, {bin_width}")
     return lo + bin_width * np.arange(int(np.ceil((hi - lo) / bin_width - 1e-9)))
-
-
-def bin_of(ef: np.ndarray | pd.Series, bin_width: float, origin: float = 0.0) -> np.ndarray:
-    """Lower edge of the bin each EF (%) falls in (bins of ``bin_width`` aligned on ``origin``)."""
-    ef = np.asarray(ef, dtype=float)
-    return origin + np.floor((ef - origin) / bin_width + 1e-9) * bin_width
 
 
 def balancing_plan(efs: Sequence[float] | np.ndarray, bin_width: float = 1.0, per_bin: int = 100,
@@ -115,7 +110,7 @@ class GenerateConfig:
 
     data_root: str = "data/phantom"  # real EchoNet-format folder: the TRAIN anatomy frames
     num_noise: int = 3  # candidates per target; the one whose regressed EF is closest is kept
-    cond_scale: float = 1.0  # the seed generates its dataset with guidance scale 1
+    cond_scale: float | list[float] = 1.0  # the seed generates its dataset with guidance scale 1; or one per stage
     steps: Any = None  # sampler steps (one or per stage); None: the model's
     churn: Any = None  # EDM S_churn (one or per stage); None: the model's
     batch_targets: int = 4  # targets per sampling batch (x num_noise videos); FileList.csv is rewritten after each
@@ -169,7 +164,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=frames, fps=fps,
                           cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
     done = read_synthetic(out_root)
-    settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": float(cfg.cond_scale),
+    settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": scale_text(cfg.cond_scale),
                 "Steps": "config" if cfg.steps is None else str(cfg.steps),
                 "Churn": "config" if cfg.churn is None else str(cfg.churn)}
     check_resume_settings(done, settings, out_root / "FileList.csv")
@@ -209,67 +204,6 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     return read_synthetic(out_root)
 
 
-def parse_variant(name: str) -> dict[str, Any]:
-    """``reference`` | ``resample_N`` | ``balance_Kpb`` | ``all_samples`` | ``synthetic_only`` -> the
-    :class:`~echodiff.ef_training.EFTrainConfig` fields that make it (``train_subset``, ``per_bin``,
-    ``use_synthetic``, ``real_train``)."""
-    match = VARIANT_PATTERN.match(name)
-    if not match:
-        raise ValueError(f"unknown regressor variant {name!r}: use reference, resample_N, balance_Kpb, "
-                         "all_samples or synthetic_only")
-    if match.group(2):
-        return {"train_subset": int(match.group(2))}
-    if match.group(3):
-        return {"per_bin": int(match.group(3)), "use_synthetic": True}
-    return {"all_samples": {"use_synthetic": True}, "synthetic_only": {"use_synthetic": True, "real_train": False},
-            "reference": {}}[name]
-
-
-def training_indices(labels: np.ndarray, is_real: np.ndarray, train_subset: int | None = None,
-                     per_bin: int | None = None, bin_width: float = 1.0, seed: int = 0) -> np.ndarray:
-    """Indices into a pooled training set (``labels`` EF %, ``is_real`` mask) for one variant.
-
-    ``train_subset``: that many real videos, drawn without replacement. ``per_bin``: every occupied bin of width
-    ``bin_width`` drawn to exactly ``per_bin`` items, with replacement (the seed's ``balance_*pb``). Neither:
-    everything.
-    """
-    rng = np.random.default_rng(seed)
-    everything = np.arange(len(labels))
-    if train_subset is not None:
-        real = everything[is_real]
-        if train_subset > len(real):
-            raise ValueError(f"resample_{train_subset}: only {len(real)} real TRAIN videos")
-        return np.sort(rng.choice(real, size=train_subset, replace=False))
-    if per_bin is not None:
-        bins = bin_of(labels, bin_width)
-        return np.concatenate([rng.choice(everything[bins == b], size=per_bin, replace=True)
-                               for b in np.unique(bins)])
-    return everything
-
-
-def training_set(real_root: str | os.PathLike, synthetic_roots: Sequence[str | os.PathLike], real_train: bool,
-                 make: Any, train_subset: int | None = None, per_bin: int | None = None, bin_width: float = 1.0,
-                 seed: int = 0) -> torch.utils.data.Dataset:
-    """The pooled, resampled TRAIN set of a variant. ``make(root)`` builds one folder's TRAIN dataset."""
-    parts, labels, is_real = [], [], []
-    roots = ([real_root] if real_train else []) + list(synthetic_roots)
-    if not roots:
-        raise ValueError("no training data: real_train is False and no synthetic_roots are given")
-    for root in roots:
-        dataset = make(root)
-        parts.append(dataset)
-        labels.append(pd.to_numeric(dataset.filelist.EF).to_numpy(float))
-        is_real.append(np.full(len(dataset), root == real_root and real_train))
-        if len(dataset) == 0:
-            raise DatasetError(f"{resolve_path(root) / 'FileList.csv'}: no TRAIN videos")
-    indices = training_indices(np.concatenate(labels), np.concatenate(is_real), train_subset, per_bin, bin_width,
-                               seed)
-    pooled = torch.utils.data.ConcatDataset(parts)
-    subset = torch.utils.data.Subset(pooled, indices.tolist())
-    subset.labels = np.concatenate(labels)[indices]
-    return subset
-
-
 def balanced_subset(predictions: pd.DataFrame, per_bin: int = 10, bin_width: float = 1.0,
                     ef_range: Sequence[float] = (10.0, 90.0), seed: int = 0) -> pd.DataFrame:
     """At most ``per_bin`` rows per EF bin of ``ef_range`` (the seed's balanced VAL+TEST set), drawn without
@@ -299,8 +233,6 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
     balanced}_{mae,rmse,r2,r}`` plus ``balanced_mae_bin_<lo>`` per ``report_bin_width`` bin (same names for every
     variant, so MLflow's compare view lines them up).
     """
-    from echodiff.ef_training import predict
-    from echodiff.metrics import regression_metrics
 
     predictions = pd.concat([predict(model, cfg, split) for split in ("val", "test")], ignore_index=True)
     balanced = balanced_subset(predictions, balanced_per_bin, bin_width, ef_range, seed)

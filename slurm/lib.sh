@@ -6,7 +6,12 @@
 #   MLFLOW_TRACKING_URI  a shared tracking server; default: the repository's mlruns/ store
 set -uo pipefail
 cd "${SLURM_SUBMIT_DIR:?submit from the repository root}"
-eval "${ECHODIFF_ACTIVATE:-source .venv/bin/activate}"
+activate="${ECHODIFF_ACTIVATE:-source .venv/bin/activate}"
+if ! eval "$activate" || ! python -c "import echodiff" 2>/dev/null; then
+    echo "slurm: \`$activate\` did not give a python that imports echodiff (python: $(command -v python || echo none));" \
+         "run \`make install\` in $PWD, or set ECHODIFF_ACTIVATE (e.g. \"conda activate echodiff\")" >&2
+    exit 2
+fi
 mkdir -p slurm/logs
 export ECHODIFF_STOP_FILE="$PWD/slurm/logs/stop-${SLURM_JOB_ID}"
 rm -f "$ECHODIFF_STOP_FILE"

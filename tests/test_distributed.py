@@ -48,6 +48,7 @@ def flat(state: dict) -> torch.Tensor:
     return torch.cat([v.float().flatten() for k, v in state.items() if v.is_floating_point() and "running" not in k])
 
 
+@pytest.mark.real_component
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
                     reason="accelerate CLI not installed")
 def test_ef_trainer_two_processes_match_one_with_the_same_global_batch(phantom_root, tmp_path):
@@ -69,6 +70,7 @@ def test_ef_trainer_two_processes_match_one_with_the_same_global_batch(phantom_r
     assert one.count("epoch 1: train_loss") == 1
 
 
+@pytest.mark.real_component
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
                     reason="accelerate CLI not installed")
 def test_diffusion_trainer_two_processes_match_one_with_the_same_global_batch(phantom_root, tmp_path):

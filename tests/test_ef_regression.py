@@ -109,12 +109,16 @@ def test_small_model_beats_predicting_the_mean(learn_root, tmp_path):
     assert r2_score(held_out.EF, held_out.EF_pred) > r2_score(held_out.EF, np.full(len(held_out), train_mean))
 
 
-def test_interrupted_training_resumes_to_the_same_model(learn_root, tmp_path):
+def test_interrupted_training_resumes_to_the_same_model(learn_root, tmp_path, capsys):
     cfg = EFTrainConfig(data_root=str(learn_root), **TINY)
     train_ef_regressor(cfg, tmp_path / "straight")
     _, first = train_ef_regressor(cfg, tmp_path / "split", stop_after_epochs=1)
     assert list(first.epoch) == [0] and load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 0
+    capsys.readouterr()
     _, history = train_ef_regressor(cfg, tmp_path / "split")
+    printed = capsys.readouterr().out
+    # only epoch 1 ran in this call: a resume that retrained from scratch would print epoch 0 again
+    assert "resuming from" in printed and "epoch 1:" in printed and "epoch 0:" not in printed, printed
     assert list(history.epoch) == [0, 1]
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
     for key, value in a["model"].items():

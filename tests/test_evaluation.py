@@ -1,17 +1,21 @@
 """Evaluation: metrics against independent computations, score files, chunk resume, merge, selection."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.ndimage
 import torch
+import yaml
 from PIL import Image
 from test_diffusion import tiny_config
 
 from echodiff import evaluation
-from echodiff.diffusion import CascadeModel
+from echodiff.config import repo_root
+from echodiff.diffusion import CascadeModel, save_model_folder
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
@@ -286,3 +290,34 @@ def test_summary_reports_both_judges_side_by_side():
     assert summary["area_avg_slope_gen"] == pytest.approx((70 - 30) / 60)
     assert summary["area_avg_mae_gen"] == pytest.approx(10.0) and summary["area_avg_mae_ref"] == pytest.approx(2.0)
     assert "area_avg_r_gen" not in evaluation.summarize(rows.drop(columns=["Area EF", "Ref Area EF"]))
+
+
+def test_score_chunks_and_merge_on_the_command_line(phantom_root, cascade_and_regressor, tmp_path):
+    """`python -m echodiff.evaluation score|merge` as slurm/evaluate_{chunk,merge}.sbatch run them: two chunks,
+    then a merge that refuses a VAL set with a video missing."""
+    model, regressor = cascade_and_regressor
+    save_model_folder(tmp_path / "model", model)
+    torch.save({"model": regressor.state_dict(), "model_config": regressor.config}, tmp_path / "regressor.pt")
+    params = tmp_path / "evaluate.yaml"
+    params.write_text(yaml.safe_dump({
+        "model": str(tmp_path / "model"), "regressor": str(tmp_path / "regressor.pt"), "data_root": str(phantom_root),
+        "make_phantom": False, "split": "val", "modes": ["factual"], "num_noise": 2, "max_videos": 2,
+        "batch_videos": 2, "chunks": 2, "steps": 2, "churn": 0.0, "cond_scale": 1.0, "lpips": False,
+        "fid_fvd": False, "export_frames": False, "out_dir": str(tmp_path / "out")}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "echodiff.evaluation", *args, "-f", str(params)],
+                              capture_output=True, text=True, timeout=600, cwd=repo_root())
+
+    for chunk in (0, 1):
+        proc = cli("score", f"chunk={chunk}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = cli("merge")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    scores = pd.read_csv(tmp_path / "out" / "scores_factual.csv")
+    assert len(scores) == 2 * 2 and scores.FileName.nunique() == 2 and "EF MAE avg" in merged.stdout
+    first = tmp_path / "out" / "scores" / "factual_chunk000of002.csv"
+    rows = pd.read_csv(first)
+    rows[rows.FileName != rows.FileName.iloc[0]].to_csv(first, index=False)  # a chunk that lost a video
+    partial = cli("merge")
+    assert partial.returncode != 0 and "1 videos missing" in partial.stderr, partial.stderr[-2000:]

@@ -7,7 +7,8 @@ import torch
 from test_diffusion import tiny_config
 
 from echodiff import rebalance
-from echodiff.data import EchoNetDynamic
+from echodiff.data import EchoNetDynamic, read_video, variants
+from echodiff.data.transforms import resize
 from echodiff.diffusion import CascadeModel
 from echodiff.ef_training import EFTrainConfig, train_ef_regressor
 from echodiff.models.ef_regressor import EFRegressor
@@ -32,18 +33,18 @@ def test_plan_tops_every_bin_up_to_the_requested_count_exactly():
 def test_variants_draw_the_right_training_indices():
     labels = np.array([12.0, 12.5, 30.2, 30.9, 31.1, 55.0, 71.0, 71.5])
     real = np.array([True] * 5 + [False] * 3)
-    subset = rebalance.training_indices(labels, real, train_subset=3, seed=0)
+    subset = variants.training_indices(labels, real, train_subset=3, seed=0)
     assert len(set(subset)) == 3 and real[subset].all()
-    balanced = rebalance.training_indices(labels, real, per_bin=4, bin_width=1.0, seed=0)
-    counts = pd.Series(rebalance.bin_of(labels[balanced], 1.0)).value_counts()
+    balanced = variants.training_indices(labels, real, per_bin=4, bin_width=1.0, seed=0)
+    counts = pd.Series(variants.bin_of(labels[balanced], 1.0)).value_counts()
     assert counts.eq(4).all() and len(counts) == len(np.unique(np.floor(labels)))
-    assert rebalance.parse_variant("balance_20pb") == {"per_bin": 20, "use_synthetic": True}
-    assert rebalance.parse_variant("resample_395") == {"train_subset": 395}
-    assert rebalance.parse_variant("synthetic_only") == {"use_synthetic": True, "real_train": False}
+    assert variants.parse_variant("balance_20pb") == {"per_bin": 20, "use_synthetic": True}
+    assert variants.parse_variant("resample_395") == {"train_subset": 395}
+    assert variants.parse_variant("synthetic_only") == {"use_synthetic": True, "real_train": False}
     with pytest.raises(ValueError, match="unknown regressor variant 'balance_x'"):
-        rebalance.parse_variant("balance_x")
+        variants.parse_variant("balance_x")
     with pytest.raises(ValueError, match="only 5 real TRAIN videos"):
-        rebalance.training_indices(labels, real, train_subset=6)
+        variants.training_indices(labels, real, train_subset=6)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,28 @@ def test_synthetic_dataset_reads_back_and_resumes_without_duplicates(phantom_roo
     assert set(rebalance.REPORT_COLUMNS) <= set(resumed.columns)
     assert resumed.CondImageFileName.isin(pd.read_csv(phantom_root / "FileList.csv").FileName).all()
     assert resumed.EstimatedEF.between(1, 100).all()  # in %, not the seed's fraction
+
+
+def test_the_feedback_loop_keeps_the_candidate_read_closest_to_its_target(phantom_root, cascade_and_regressor,
+                                                                          tmp_path, monkeypatch):
+    model, regressor = cascade_and_regressor
+    plan = pd.DataFrame({"ID": [0, 1], "Bin": [20.0, 70.0], "TargetEF": [25.0, 75.0]})
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=3, batch_targets=2, steps=2, size=32, seed=3)
+    seen = {}
+
+    def judged(_regressor, videos, fps):  # candidates read as target + offset: the 3rd, then the 2nd, is closest
+        seen["videos"] = resize(videos, 32)  # as written (size=32)
+        return torch.tensor([25.0 + 9, 25.0 - 6, 25.0 + 2, 75.0 - 8, 75.0 + 1, 75.0 + 4])
+
+    monkeypatch.setattr(rebalance, "regress_ef", judged)
+    done = rebalance.generate_dataset(model, regressor, plan, tmp_path / "synthetic", cfg, progress=False)
+    assert done.EstimatedEF.tolist() == [27.0, 76.0]
+    for row, kept in zip(done.itertuples(), (2, 4), strict=True):  # candidate index in the batch of 2 x 3
+        written = torch.from_numpy(read_video(tmp_path / "synthetic" / "Videos" / f"{row.FileName}.avi")).float() / 255
+        siblings = range(kept // 3 * 3, kept // 3 * 3 + 3)
+        errors = {i: float((written - seen["videos"][i]).abs().mean()) for i in siblings}  # AVI coding is lossy
+        assert min(errors, key=errors.get) == kept, errors
+        assert errors[kept] < 0.5 * min(e for i, e in errors.items() if i != kept), errors
 
 
 def test_regressor_variants_train_on_their_pooled_sets(phantom_root, cascade_and_regressor, tmp_path):

@@ -12,7 +12,7 @@ from slurm_cluster import available, slurm_cluster, wait_for_jobs
 
 from echodiff.config import repo_root
 
-pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+pytestmark = [pytest.mark.real_component, pytest.mark.skipif(available() is not None, reason=str(available()))]
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,11 @@ def test_submitted_pipeline_chains_stages_into_mlflow_runs(cluster, tmp_path):
     pipeline.write_text(yaml.safe_dump({"experiment": "slurm-smoke", "stages": [
         {"name": "data", "notebook": "notebooks/00_data.ipynb"},
         {"name": "ef_regression", "notebook": "notebooks/01_ef_regression.ipynb"}]}))
-    proc = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline)], cwd=repo_root(), capture_output=True,
-                          text=True, env=dict(cluster, GPUS="0"), timeout=60)
+    proc = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2"], cwd=repo_root(),
+                          capture_output=True, text=True, env=dict(cluster, GPUS="0"), timeout=120)
     assert proc.returncode == 0, proc.stderr
     jobs = dict(line.split() for line in proc.stdout.splitlines())
+    parent = jobs.pop("parent")
     assert list(jobs) == ["data", "ef_regression"]
     dependency = subprocess.run(["scontrol", "show", "job", jobs["ef_regression"]], capture_output=True,
                                 text=True, env=cluster).stdout
@@ -41,8 +42,23 @@ def test_submitted_pipeline_chains_stages_into_mlflow_runs(cluster, tmp_path):
     runs = mlflow.search_runs(experiment_names=["slurm-smoke"])
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert sorted(children["tags.mlflow.runName"]) == ["data", "ef_regression"]
+    assert set(children["tags.mlflow.parentRunId"]) == {parent}  # one study, one parent, whichever job ran
     assert (children.status == "FINISHED").all()
     assert "metrics.test_mae" in children and children["metrics.test_mae"].notna().any()
+    assert children[children["tags.mlflow.runName"] == "ef_regression"]["params.epochs"].iloc[0] == "2"  # -p
+    # the same chain submitted again: same parent, finished stages reused, no new stage runs
+    again = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2"], cwd=repo_root(),
+                           capture_output=True, text=True, env=dict(cluster, GPUS="0"), timeout=120)
+    assert again.returncode == 0, again.stderr
+    jobs2 = dict(line.split() for line in again.stdout.splitlines())
+    assert jobs2.pop("parent") == parent
+    states = wait_for_jobs(cluster, list(jobs2.values()), timeout=600)
+    assert set(states.values()) == {"COMPLETED"}
+    runs = mlflow.search_runs(experiment_names=["slurm-smoke"])
+    assert sorted(runs[runs["tags.mlflow.parentRunId"].notna()]["tags.mlflow.runName"]) == ["data", "ef_regression"]
+    assert len(runs[runs["tags.mlflow.parentRunId"].isna()]) == 1
+    log = (repo_root() / "slurm" / "logs" / f"echodiff-ef_regression-{jobs2['ef_regression']}.out").read_text()
+    assert "unchanged since run" in log and "skipped" in log
 
 
 def test_time_limit_signal_checkpoints_and_the_requeued_job_resumes(cluster, tmp_path, phantom_root):

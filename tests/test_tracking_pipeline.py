@@ -161,6 +161,52 @@ def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
+def test_stages_run_as_separate_jobs_share_one_parent_and_a_second_submission_reuses_them(tmp_path):
+    """What slurm/submit_pipeline.sh does: --open-parent once, then one `--only STAGE --parent ID` process per stage;
+    submitting again (same file, same -p) continues the same parent and re-runs nothing."""
+    produce = _tiny_notebook(tmp_path / "produce.ipynb", "value = 1\nmlflow_run_id = None\nexperiment = 'x'", (
+        "from echodiff import tracking\nimport pathlib, tempfile\n"
+        "run = tracking.start_stage('produce', {'value': value}, run_id=mlflow_run_id, experiment=experiment)\n"
+        "out = pathlib.Path(tempfile.mkdtemp()) / 'out.txt'\nout.write_text(str(value))\n"
+        "tracking.log_file(out, 'result')\ntracking.end_stage()"))
+    consume = _tiny_notebook(tmp_path / "consume.ipynb", "source = None\nmlflow_run_id = None\nexperiment = 'x'", (
+        "from echodiff import tracking\nimport mlflow\n"
+        "value = tracking.fetch_artifact(source, 'result/out.txt').read_text()\n"
+        "run = tracking.start_stage('consume', {'source': source}, run_id=mlflow_run_id, experiment=experiment)\n"
+        "mlflow.log_metric('value', float(value))\ntracking.end_stage()"))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "pipeline-chain", "stages": [
+        {"name": "produce", "notebook": str(produce)},
+        {"name": "consume", "notebook": str(consume), "inputs": {"source": "produce"}}]}))
+    parents, outputs = [], []
+    for _ in range(2):  # the chain, submitted twice
+        opened = _run(["-f", str(path), "--open-parent", "-p", "value=5"], tmp_path)
+        assert opened.returncode == 0, opened.stderr[-2000:]
+        parents.append(opened.stdout.strip().splitlines()[-1])
+        for stage in ("produce", "consume"):
+            job = _run(["-f", str(path), "--only", stage, "--parent", parents[-1], "-p", "value=5"], tmp_path)
+            assert job.returncode == 0, job.stderr[-3000:]
+            outputs.append(job.stdout)
+    assert parents[0] == parents[1]
+    assert "stage produce done" in outputs[0] and "stage consume done" in outputs[1]
+    assert all("skipped" in out and " done" not in out.replace("pipeline: finished", "") for out in outputs[2:])
+    other = _run(["-f", str(path), "--open-parent", "-p", "value=6"], tmp_path)  # another study: another parent
+    assert other.returncode == 0 and other.stdout.strip().splitlines()[-1] != parents[0]
+    unknown = _run(["-f", str(path), "--only", "produce", "--parent", "0" * 32], tmp_path)
+    assert unknown.returncode == 2 and "0" * 32 in unknown.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        runs = mlflow.search_runs(experiment_names=["pipeline-chain"])
+        children = runs[runs["tags.mlflow.parentRunId"].notna()]
+        assert sorted(children["tags.mlflow.runName"]) == ["consume", "produce"]  # no duplicated stage runs
+        assert set(children["tags.mlflow.parentRunId"]) == {parents[0]}
+        assert (children.status == "FINISHED").all()
+        assert mlflow.get_run(parents[0]).info.status == "FINISHED"
+        assert float(children[children["tags.mlflow.runName"] == "consume"]["metrics.value"].iloc[0]) == 5.0
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
 def test_models_are_registered_with_new_versions():
     import mlflow.pytorch
     import torch

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from echodiff.data.video import VideoCache, VideoError, read_video
+from echodiff.data.video import VideoCache, VideoError, read_video, video_header
 from echodiff.io import atomic_write_text
 
 SPLITS = ("TRAIN", "VAL", "TEST")
@@ -317,8 +317,6 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         row = self.filelist.iloc[index]
         source = row.get("FPS")
         if source is None or not np.isfinite(source) or source <= 0:
-            from echodiff.data.video import video_header
-
             source = video_header(self.root / "Videos" / f"{row['FileName']}.avi")["fps"]
         return float(source) / float(self.fps)
 
