@@ -7,4 +7,5 @@ import tempfile
 _session = tempfile.mkdtemp(prefix="echodiff-tests-")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_session}/mlflow.db")
 os.environ.setdefault("ECHODIFF_CACHE", os.path.join(_session, "cache"))
+os.environ.setdefault("ECHODIFF_OUTPUTS", os.path.join(_session, "outputs"))  # relative outputs/... paths
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -28,9 +28,17 @@ def repo_root() -> Path:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """``path`` if absolute, else relative to :func:`repo_root` (so notebooks run from any folder agree)."""
+    """``path`` if absolute, else relative to :func:`repo_root` (so notebooks run from any folder agree).
+
+    A relative ``outputs/...`` path goes under ``$ECHODIFF_OUTPUTS`` instead when that is set: the test session
+    points it at a fresh folder, so notebooks run with their default output folders never resume another run's
+    checkpoints."""
     path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
+    if path.is_absolute():
+        return path
+    if path.parts[:1] == ("outputs",) and os.environ.get("ECHODIFF_OUTPUTS"):
+        return Path(os.environ["ECHODIFF_OUTPUTS"]).expanduser().joinpath(*path.parts[1:])
+    return repo_root() / path
 
 
 def load_params(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 params file for `make demo` whose keys all exist in that cell (a typo would be silently ignored otherwise)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,18 @@ def test_make_lab_kernel_is_the_project_environment():
                                       text=True, check=True).stdout)["kernelspecs"]
     assert Path(specs["python3"]["resource_dir"]).resolve().is_relative_to(Path(sys.prefix).resolve())
     assert "jupyter lab notebooks/" in (repo_root() / "Makefile").read_text()
+
+
+def test_a_notebook_run_twice_with_its_defaults_trains_twice(tmp_path):
+    """nbval runs the notebooks with their default output folders (`outputs/.../defaults`); under the test session's
+    ECHODIFF_OUTPUTS each session gets fresh ones, so a second `make test` trains again instead of resuming."""
+    logs = []
+    for run in ("first", "second"):
+        env = dict(os.environ, ECHODIFF_OUTPUTS=str(tmp_path / run / "outputs"))
+        proc = subprocess.run([sys.executable, "-m", "papermill", "notebooks/01_ef_regression.ipynb",
+                               str(tmp_path / f"{run}.ipynb"), "--log-output"], capture_output=True, text=True,
+                              timeout=900, env=env, cwd=repo_root())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logs.append(proc.stdout + proc.stderr)
+        assert (tmp_path / run / "outputs" / "01_ef_regression" / "defaults" / "last.pt").is_file()
+    assert all("epoch 0: train_loss" in log and "resuming from" not in log for log in logs)

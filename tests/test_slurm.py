@@ -23,11 +23,12 @@ def cluster(tmp_path_factory):
 
 def test_submitted_pipeline_chains_stages_into_mlflow_runs(cluster, tmp_path):
     pipeline = tmp_path / "smoke.yaml"  # the notebooks' own (seconds-long) defaults
+    jobs_env = dict(cluster, GPUS="0", ECHODIFF_OUTPUTS=str(tmp_path / "outputs"))  # not nbval's output folders
     pipeline.write_text(yaml.safe_dump({"experiment": "slurm-smoke", "stages": [
         {"name": "data", "notebook": "notebooks/00_data.ipynb"},
         {"name": "ef_regression", "notebook": "notebooks/01_ef_regression.ipynb"}]}))
     proc = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2"], cwd=repo_root(),
-                          capture_output=True, text=True, env=dict(cluster, GPUS="0"), timeout=120)
+                          capture_output=True, text=True, env=jobs_env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     jobs = dict(line.split() for line in proc.stdout.splitlines())
     parent = jobs.pop("parent")
@@ -48,7 +49,7 @@ def test_submitted_pipeline_chains_stages_into_mlflow_runs(cluster, tmp_path):
     assert children[children["tags.mlflow.runName"] == "ef_regression"]["params.epochs"].iloc[0] == "2"  # -p
     # the same chain submitted again: same parent, finished stages reused, no new stage runs
     again = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2"], cwd=repo_root(),
-                           capture_output=True, text=True, env=dict(cluster, GPUS="0"), timeout=120)
+                           capture_output=True, text=True, env=jobs_env, timeout=120)
     assert again.returncode == 0, again.stderr
     jobs2 = dict(line.split() for line in again.stdout.splitlines())
     assert jobs2.pop("parent") == parent
