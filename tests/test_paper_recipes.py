@@ -14,7 +14,7 @@ import yaml
 from echodiff import evaluation
 from echodiff.config import load_params, stage_keys, stage_params
 from echodiff.diffusion import CascadeModel, load_model_folder, sample
-from echodiff.diffusion.imagen import cascade_config, import_imagen
+from echodiff.diffusion.imagen import CASCADE_KEYS, cascade_config, import_imagen
 from echodiff.diffusion.training import DiffusionTrainConfig, load_cascade_config, train_stage
 from echodiff.ef_training import EFTrainConfig, train_ef_regressor
 from echodiff.models.ef_regressor import EFRegressor
@@ -116,7 +116,9 @@ def test_every_key_of_every_params_file_is_read_by_its_stage(path, stage):
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("params/diffusion/*.yaml")))
 def test_cascade_files_hold_only_what_the_cascade_reads(path):
-    assert set(load_params(path)) <= {"ef_embedding", "channels", "frames", "fps", "unets", "imagen"}
+    assert set(load_params(path)) <= set(CASCADE_KEYS)
+    assert set(CASCADE_KEYS) == {"ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
+                                 "lowres_noise_max"}
     load_cascade_config(path)
 
 
