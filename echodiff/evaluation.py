@@ -32,7 +32,7 @@ from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.data.video import read_video, write_video
 from echodiff.device import compute_device
-from echodiff.diffusion.imagen import CascadeModel, load_model_folder
+from echodiff.diffusion.imagen import CascadeModel, load_model_config, load_model_folder
 from echodiff.diffusion.sampling import sample
 from echodiff.ef_training import load_regressor
 from echodiff.io import atomic_path, atomic_write_csv
@@ -99,10 +99,10 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def _clips(model: CascadeModel, cfg: ScoreConfig) -> DiffusionClips:
-    """The split's clips in the cascade's format (frames, fps), as scored and as compared against."""
-    return DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=model.config["frames"],
-                          fps=model.config.get("fps"), cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+def _clips(config: dict[str, Any], cfg: ScoreConfig) -> DiffusionClips:
+    """The split's clips in the format (frames, fps) of the cascade ``config``, as scored and as compared against."""
+    return DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=config["frames"],
+                          fps=config.get("fps"), cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
 
 
 def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torch.Tensor, float, torch.Tensor, float]:
@@ -212,7 +212,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     (real | candidates). Returns this chunk's rows.
     """
     out_csv = Path(out_csv)
-    data = _clips(model, cfg)
+    data = _clips(model.config, cfg)
     n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
     indices = list(chunk_indices(n, cfg.chunk, cfg.chunks))
     settings = _settings(cfg, model_id, regressor_id)
@@ -462,7 +462,7 @@ def regressor_distance(scores: pd.DataFrame, score_csvs: Sequence[str | os.PathL
 
 def real_clips(model: CascadeModel, cfg: ScoreConfig, names: Sequence[str]) -> torch.Tensor:
     """The real clips ``(N, 3, T, H, W)`` the named videos were scored against (same windows)."""
-    data = _clips(model, cfg)
+    data = _clips(model.config, cfg)
     index = {name: i for i, name in enumerate(data.filelist.FileName)}
     return torch.stack([video_item(data, index[name], cfg)[2] for name in names])
 
@@ -491,14 +491,16 @@ def score_path(out_dir: str | os.PathLike, mode: str, chunk: int, chunks: int) -
 def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
     """The cascade (``model``: model folder or stage-02 run id) and EF regressor (``regressor``: checkpoint or
     stage-01 run id) an evaluation params mapping names."""
-    def local_or_run_id(value: str) -> str | Path:
-        path = resolve_path(value)
-        return path if path.exists() else value
-
     device = compute_device()
-    model = load_model_folder(local_or_run_id(params["model"])).to(device)
-    regressor = load_regressor(local_or_run_id(params["regressor"])).to(device)
+    model = load_model_folder(_local_or_run_id(params["model"])).to(device)
+    regressor = load_regressor(_local_or_run_id(params["regressor"])).to(device)
     return model, regressor
+
+
+def _local_or_run_id(value: str) -> str | Path:
+    """A path (relative to the repository) when it exists, else the value itself (an MLflow run id)."""
+    path = resolve_path(value)
+    return path if path.exists() else value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -521,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                                    videos_dir=resolve_path(out_dir) / "videos")  # as notebook 03: FID/FVD, GIFs
             print(f"{path}: {len(rows)} rows")
         return 0
-    model, _ = load_inputs(params)
+    model_config = load_model_config(_local_or_run_id(params["model"]))  # frames and fps; no weights needed
     for mode in modes:
         cfg = ScoreConfig.from_params({**params, "mode": mode})
         chunks = int(params.get("chunks", 1))
@@ -529,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         absent = [str(p) for p in paths if not p.exists()]
         if absent:
             raise SystemExit(f"missing chunk files (run `score` for them first): {absent}")
-        data = _clips(model, cfg)
+        data = _clips(model_config, cfg)
         n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
         expected = [str(name) for name in data.filelist.FileName[:n]]  # every video the chunks were to score
         scores = merge_scores(paths, cfg.num_noise, expected)

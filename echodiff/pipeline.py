@@ -98,7 +98,7 @@ def _check_stages(spec: dict[str, Any], pipeline_file: str | Path, cli: dict[str
 
 def _study_key(pipeline_file: str | Path, overrides: list[str] | None) -> str:
     """Hash of a pipeline file's text and the ``-p`` values: what one study is."""
-    text = Path(resolve_path(pipeline_file)).read_text() + "\n".join(sorted(overrides or []))
+    text = resolve_path(pipeline_file).read_text() + "\n".join(sorted(overrides or []))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -119,18 +119,24 @@ def _tiny_notebook(path: Path, params: str, body: str) -> Path:
     return path
 
 
-def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
+def _produce_and_consume(tmp_path: Path) -> tuple[Path, Path]:
+    """Two tiny stage notebooks: `produce` logs its `value` as an artifact, `consume` reads it from the run id
+    `source` and logs it as a metric."""
     produce = _tiny_notebook(tmp_path / "produce.ipynb", "value = 1\nmlflow_run_id = None\nexperiment = 'x'", (
-        "from echodiff import tracking\nimport pathlib, mlflow\n"
+        "from echodiff import tracking\nimport pathlib, tempfile\n"
         "run = tracking.start_stage('produce', {'value': value}, run_id=mlflow_run_id, experiment=experiment)\n"
-        "import tempfile\nout = pathlib.Path(tempfile.mkdtemp()) / 'out.txt'\nout.write_text(str(value))\n"
-        "tracking.log_file(out, 'result')\n"
-        "tracking.end_stage()"))
+        "out = pathlib.Path(tempfile.mkdtemp()) / 'out.txt'\nout.write_text(str(value))\n"
+        "tracking.log_file(out, 'result')\ntracking.end_stage()"))
     consume = _tiny_notebook(tmp_path / "consume.ipynb", "source = None\nmlflow_run_id = None\nexperiment = 'x'", (
         "from echodiff import tracking\nimport mlflow\n"
         "value = tracking.fetch_artifact(source, 'result/out.txt').read_text()\n"
         "run = tracking.start_stage('consume', {'source': source}, run_id=mlflow_run_id, experiment=experiment)\n"
         "mlflow.log_metric('value', float(value))\ntracking.end_stage()"))
+    return produce, consume
+
+
+def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
+    produce, consume = _produce_and_consume(tmp_path)
     spec = {"experiment": "pipeline-skip", "stages": [
         {"name": "produce", "notebook": str(produce)},
         {"name": "consume", "notebook": str(consume), "inputs": {"source": "produce"}}]}
@@ -164,16 +170,7 @@ def test_pipeline_skips_unchanged_stages_and_wires_run_ids(tmp_path):
 def test_stages_run_as_separate_jobs_share_one_parent_and_a_second_submission_reuses_them(tmp_path):
     """What slurm/submit_pipeline.sh does: --open-parent once, then one `--only STAGE --parent ID` process per stage;
     submitting again (same file, same -p) continues the same parent and re-runs nothing."""
-    produce = _tiny_notebook(tmp_path / "produce.ipynb", "value = 1\nmlflow_run_id = None\nexperiment = 'x'", (
-        "from echodiff import tracking\nimport pathlib, tempfile\n"
-        "run = tracking.start_stage('produce', {'value': value}, run_id=mlflow_run_id, experiment=experiment)\n"
-        "out = pathlib.Path(tempfile.mkdtemp()) / 'out.txt'\nout.write_text(str(value))\n"
-        "tracking.log_file(out, 'result')\ntracking.end_stage()"))
-    consume = _tiny_notebook(tmp_path / "consume.ipynb", "source = None\nmlflow_run_id = None\nexperiment = 'x'", (
-        "from echodiff import tracking\nimport mlflow\n"
-        "value = tracking.fetch_artifact(source, 'result/out.txt').read_text()\n"
-        "run = tracking.start_stage('consume', {'source': source}, run_id=mlflow_run_id, experiment=experiment)\n"
-        "mlflow.log_metric('value', float(value))\ntracking.end_stage()"))
+    produce, consume = _produce_and_consume(tmp_path)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"experiment": "pipeline-chain", "stages": [
         {"name": "produce", "notebook": str(produce)},

@@ -129,13 +129,13 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
         config["ef_embedding"] = "ef" if config["imagen"].get("text_embed_dim", 1) == 1 else "ef_flag"
     if int(config["frames"]) < 1 or float(config["fps"]) <= 0:
         raise ValueError(f"{source}: frames and fps must be positive, got {config['frames']} and {config['fps']}")
-    gain = config.get("residual_gain")
-    if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0):
-        raise ValueError(f"{source}: residual_gain must be a positive number (or absent: generate the video "
-                         f"itself), got {gain!r}")
-    top = config.get("lowres_noise_max")
-    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, float)) or not 0 < top <= 1):
-        raise ValueError(f"{source}: lowres_noise_max must be within (0, 1] (or absent: imagen's [0, 1]), got {top!r}")
+    for key, high, absent in (("residual_gain", float("inf"), "generate the video itself"),
+                              ("lowres_noise_max", 1.0, "imagen's [0, 1]")):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value <= high):
+            bounds = "a positive number" if high == float("inf") else f"within (0, {high:g}]"
+            raise ValueError(f"{source}: {key} must be {bounds} (or absent: {absent}), got {value!r}")
     return config
 
 
@@ -284,6 +284,26 @@ def _imagen_version() -> str:
     return import_imagen().__version__
 
 
+def _is_run_id(folder: Path) -> bool:
+    """A 32-character MLflow run id given where a model folder is expected (and no such folder exists)."""
+    return not folder.exists() and str(folder).isalnum() and len(str(folder)) == 32
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a model folder holds config.yaml and merged.pt "
+                                "(EchoDiffusion's released layout, e.g. 1SCM_v2/)")
+
+
+def load_model_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The cascade config of a model folder or stage-02 run id, read from its ``config.yaml`` alone (no weights
+    are read or downloaded), checked and translated by :func:`cascade_config`."""
+    folder = Path(folder)
+    path = tracking.fetch_artifact(str(folder), "model/config.yaml") if _is_run_id(folder) else folder / "config.yaml"
+    _require(path)
+    return cascade_config(yaml.safe_load(path.read_text()) or {}, path)
+
+
 def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> CascadeModel:
     """Load a model folder (``config.yaml`` + ``merged.pt``): ours, EchoDiffusion's released weights, or the
     ``model/`` artifact of an MLflow run (pass the run id).
@@ -293,14 +313,10 @@ def load_model_folder(folder: str | os.PathLike, use_ema: bool = True) -> Cascad
     ``ema`` entry (ImagenTrainer's EMA U-Nets), the EMA weights are used, as for sampling.
     """
     folder = Path(folder)
-    if not folder.exists() and str(folder).isalnum() and len(str(folder)) == 32:  # an MLflow run id
+    if _is_run_id(folder):
         folder = tracking.fetch_artifact(str(folder), "model")
-    for name in ("config.yaml", "merged.pt"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: a model folder holds config.yaml and merged.pt "
-                                    "(EchoDiffusion's released layout, e.g. 1SCM_v2/)")
-    config = cascade_config(yaml.safe_load((folder / "config.yaml").read_text()) or {}, folder / "config.yaml")
-    model = CascadeModel(config)
+    _require(folder / "merged.pt")
+    model = CascadeModel(load_model_config(folder))
     state = torch.load(folder / "merged.pt", map_location="cpu", weights_only=False)
     weights = state.get("model", state)
     try:
