@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.echodiff-installed
 PYTHON ?= python3
 
-.PHONY: install test demo lab lint clean-demo slurm-deps
+.PHONY: install test demo lab lint clean-demo slurm-deps browser-deps
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,17 +20,17 @@ lint: install
 	$(PY) -m ruff check .
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
-test: install lint slurm-deps
+test: install lint slurm-deps browser-deps
 	$(PY) -m pytest || [ $$? -eq 5 ]
 
-# PIPELINE=params/pipeline/demo_long.yaml: the same stages at bigger sizes (~62 min instead of ~15);
-# only its cascade follows EF.
+# PIPELINE=params/pipeline/demo_long.yaml: the same stages at bigger sizes (~62 min; see that file).
 PIPELINE ?= params/pipeline/demo.yaml
 demo: install
 	$(PY) -m echodiff.pipeline -f $(PIPELINE)
 
+# --allow-root: JupyterLab refuses to start as root (containers, cloud notebooks) without it.
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # Slurm and munge for tests/test_slurm.py, which starts a single-node cluster on this machine (Debian/Ubuntu,
 # root). Without them those tests are skipped and say why.
@@ -41,6 +41,16 @@ slurm-deps:
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; } || \
 		echo "slurm-deps: apt-get failed; the Slurm tests will be skipped"; \
 	else echo "slurm-deps: need root and apt-get to install slurm-wlm and munge; the Slurm tests will be skipped"; fi
+
+# Debian's Chromium for tests/test_explore_browser.py, which drives notebook 06 in JupyterLab (root, apt-get).
+# Without it that test is skipped and says why.
+browser-deps:
+	@if command -v chromium >/dev/null; then echo "browser-deps: installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+		echo "browser-deps: apt-get failed; the browser test will be skipped"; \
+	else echo "browser-deps: need root and apt-get to install chromium; the browser test will be skipped"; fi
 
 clean-demo:
 	rm -rf data/phantom outputs runs

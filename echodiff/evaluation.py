@@ -492,12 +492,12 @@ def load_inputs(params: dict[str, Any]) -> tuple[CascadeModel, EFRegressor]:
     """The cascade (``model``: model folder or stage-02 run id) and EF regressor (``regressor``: checkpoint or
     stage-01 run id) an evaluation params mapping names."""
     device = compute_device()
-    model = load_model_folder(_local_or_run_id(params["model"])).to(device)
-    regressor = load_regressor(_local_or_run_id(params["regressor"])).to(device)
+    model = load_model_folder(local_or_run_id(params["model"])).to(device)
+    regressor = load_regressor(local_or_run_id(params["regressor"])).to(device)
     return model, regressor
 
 
-def _local_or_run_id(value: str) -> str | Path:
+def local_or_run_id(value: str) -> str | Path:
     """A path (relative to the repository) when it exists, else the value itself (an MLflow run id)."""
     path = resolve_path(value)
     return path if path.exists() else value
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                                    videos_dir=resolve_path(out_dir) / "videos")  # as notebook 03: FID/FVD, GIFs
             print(f"{path}: {len(rows)} rows")
         return 0
-    model_config = load_model_config(_local_or_run_id(params["model"]))  # frames and fps; no weights needed
+    model_config = load_model_config(local_or_run_id(params["model"]))  # frames and fps; no weights needed
     for mode in modes:
         cfg = ScoreConfig.from_params({**params, "mode": mode})
         chunks = int(params.get("chunks", 1))

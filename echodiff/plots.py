@@ -112,3 +112,32 @@ def video_row_gif(videos: list[np.ndarray], path: str | os.PathLike, fps: float,
             tiles.append(cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=cv2.INTER_LINEAR))
         frames.append(np.concatenate(tiles, axis=1))
     return write_gif(frames, path, fps)
+
+
+def beat_figure(curves: np.ndarray, real: np.ndarray | None, ylabel: str, fps: float,
+                labels: list[str]) -> plt.Figure:
+    """Per-frame curves ``(N, T)`` of generated videos (and ``real`` ``(T,)``, dashed) over time in s."""
+    figure, ax = plt.subplots(figsize=(5.0, 2.4))
+    t = np.arange(curves.shape[1]) / fps
+    if real is not None:
+        ax.plot(np.arange(len(real)) / fps, real, "k--", label="real clip")
+    for curve, label in zip(curves, labels, strict=True):
+        ax.plot(t, curve, label=label)
+    ax.set(xlabel="time (s)", ylabel=ylabel)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def sweep_figure(targets: np.ndarray, regressed: np.ndarray, true_ef: float | None = None) -> plt.Figure:
+    """Regressed vs target EF (%) of every candidate of a sweep, with the identity line (and the anatomy's EF)."""
+    figure, ax = plt.subplots(figsize=(3.2, 3.0))
+    lo, hi = 0.0, 100.0
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, label="regressed = target")
+    ax.scatter(targets, regressed, s=18, label="candidates")
+    if true_ef is not None:
+        ax.axhline(true_ef, color="k", ls=":", lw=1, label=f"anatomy's EF {true_ef:.0f} %")
+    ax.set(xlabel="target EF (%)", ylabel="regressed EF (%)", xlim=(lo, hi), ylim=(lo, hi))
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

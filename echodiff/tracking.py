@@ -81,6 +81,21 @@ def start_stage(
     return run
 
 
+def latest_stage_run(stage: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """Id of the most recently started FINISHED run of ``stage`` (tag ``echodiff.stage``) in ``experiment``,
+    or None when there is none."""
+    setup(experiment)
+    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"], max_results=1,
+                              filter_string=f"tags.`echodiff.stage` = '{stage}' and attributes.status = 'FINISHED'")
+    return str(runs.run_id.iloc[0]) if len(runs) else None
+
+
+def run_param(run_id: str, key: str) -> str | None:
+    """Parameter ``key`` of MLflow run ``run_id`` as logged (a string), or None when the run did not log it."""
+    setup()
+    return mlflow.get_run(run_id).data.params.get(key)
+
+
 def owner_tags() -> dict[str, str]:
     """Tags naming the process that owns a run (``echodiff.host``, ``echodiff.pid``): see :func:`close_orphans`."""
     return {"echodiff.host": socket.gethostname(), "echodiff.pid": str(os.getpid())}

@@ -5,8 +5,11 @@ Arrays are uint8 ``(C=3, T, H, W)`` in RGB order, as EchoNet-Dynamic's ``loadvid
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -70,6 +73,39 @@ def write_video(path: str | os.PathLike, video: np.ndarray, fps: float) -> Path:
         finally:
             writer.release()
     return Path(path)
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Discard what C code writes to file descriptor 2 meanwhile."""
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def web_video(video: np.ndarray, fps: float) -> bytes:
+    """Encode uint8 ``(3, T, H, W)`` RGB as a WebM (VP8) file's bytes, which browsers play in a ``<video>``."""
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[0] != 3 or video.dtype != np.uint8:
+        raise ValueError(f"web_video expects uint8 (3, T, H, W), got {video.dtype} {tuple(video.shape)}")
+    _, _, height, width = video.shape
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "video.webm"
+        with _stderr_silenced():  # OpenCV prints a harmless "tag ... is not supported" for any WebM fourcc
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"vp80"), float(fps), (width, height))
+        if not writer.isOpened():
+            raise OSError("OpenCV could not open a VP8 WebM writer (its FFmpeg build lacks libvpx)")
+        try:
+            for frame in video.transpose(1, 2, 3, 0):
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))
+        finally:
+            writer.release()
+        return path.read_bytes()
 
 
 def video_header(path: str | os.PathLike) -> dict[str, float]:
