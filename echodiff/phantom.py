@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from echodiff.data.video import write_video
 from echodiff.io import atomic_write_csv
@@ -420,8 +421,6 @@ def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: 
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(h, s, str(videos)) for h, s in zip(all_hearts, splits, strict=True)]
     print(f"phantom: writing {n} videos to {out} with {workers} worker(s)", flush=True)
-    from tqdm.auto import tqdm
-
     if workers == 1:
         results = [_write_one(j) for j in tqdm(jobs, desc="phantom", unit="video")]
     else:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import logging
 import sys
 import time
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import nbformat
 import papermill
 
 from echodiff import preempt, tracking
@@ -57,10 +59,6 @@ from echodiff.config import (
 
 def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:
     """What makes a stage's result: the notebook's code cells and its parameters (input run ids included)."""
-    import json
-
-    import nbformat
-
     cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
     text = json.dumps({"cells": cells, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
