@@ -33,7 +33,7 @@ from echodiff.data.transforms import resize
 from echodiff.data.video import read_video, write_video
 from echodiff.device import compute_device
 from echodiff.diffusion.imagen import CascadeModel, load_model_config, load_model_folder
-from echodiff.diffusion.sampling import sample
+from echodiff.diffusion.sampling import SOLVERS, sample
 from echodiff.ef_training import load_regressor
 from echodiff.io import atomic_path, atomic_write_csv
 from echodiff.metrics.frechet import frechet_distance_of
@@ -46,7 +46,7 @@ from echodiff.plots import video_row_gif
 #: The seed's score columns, in its order.
 SCORE_COLUMNS = ["FileName", "GT EF", "Gen EF", "Ref EF", "SSIM", "LPIPS"]
 #: What makes each row reproducible and traceable.
-RUN_COLUMNS = ["noise", "mode", "seed", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk"]
+RUN_COLUMNS = ["noise", "mode", "seed", "solver", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk"]
 MODES = ("factual", "counterfactual")
 
 
@@ -64,6 +64,7 @@ class ScoreConfig:
     batch_videos: int = 1  # videos per sampling batch (each with num_noise candidates)
     steps: int | list[int] | None = None  # sampler steps per stage (None: the model config's)
     churn: float | list[float] | None = None  # S_churn per stage (None: the model config's)
+    solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     cond_scale: float | list[float] = 5.0  # one value, or one per stage
     seed: int = 0
     ef_range: tuple[float, float] = (15.0, 85.0)  # counterfactual targets ~ U(ef_range)
@@ -86,6 +87,8 @@ class ScoreConfig:
         lo, hi = self.ef_range
         if not 0 < lo < hi <= 100:
             raise ValueError(f"ef_range must lie within (0, 100] %, got {self.ef_range}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
 
 
 def chunk_indices(n: int, chunk: int, chunks: int) -> range:
@@ -150,7 +153,7 @@ def check_resume_settings(rows: pd.DataFrame, settings: dict[str, Any], path: st
 
 
 #: columns that must agree between a score file and the settings that extend it
-SETTINGS_COLUMNS = ["mode", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
+SETTINGS_COLUMNS = ["mode", "solver", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
 
 
 def scale_text(cond_scale: float | list[float]) -> str:
@@ -161,7 +164,7 @@ def scale_text(cond_scale: float | list[float]) -> str:
 
 
 def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, Any]:
-    return {"mode": cfg.mode, "steps": "config" if cfg.steps is None else str(cfg.steps),
+    return {"mode": cfg.mode, "solver": cfg.solver, "steps": "config" if cfg.steps is None else str(cfg.steps),
             "churn": "config" if cfg.churn is None else str(cfg.churn), "cond_scale": scale_text(cfg.cond_scale),
             "model_id": str(model_id), "regressor_id": str(regressor_id)}
 
@@ -239,7 +242,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         targets = torch.tensor([t for *_, t in items]).repeat_interleave(cfg.num_noise)
         seed = _seed(cfg.seed, MODES.index(cfg.mode), batch[0])
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
-                        cond_scale=cfg.cond_scale, seed=seed, device=device)
+                        cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver)
         area_ef, ref_area_ef = _area_efs(judge, data, names, videos, real, model.image_size, cfg.num_noise)
         videos = _to_size(videos, real.shape[-3:])
         real_rep = real.repeat_interleave(cfg.num_noise, 0)

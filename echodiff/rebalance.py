@@ -113,6 +113,7 @@ class GenerateConfig:
     cond_scale: float | list[float] = 1.0  # the seed generates its dataset with guidance scale 1; or one per stage
     steps: Any = None  # sampler steps (one or per stage); None: the model's
     churn: Any = None  # EDM S_churn (one or per stage); None: the model's
+    solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     batch_targets: int = 4  # targets per sampling batch (x num_noise videos); FileList.csv is rewritten after each
     size: int = 112  # written frame size (px), EchoNet-Dynamic's
     seed: int = 0
@@ -135,7 +136,7 @@ def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=[*FILELIST_COLUMNS, *REPORT_COLUMNS])
     frame = read_text_columns(pd.read_csv(path, dtype={"FileName": str, "CondImageFileName": str}), path,
-                              ["Model", "Steps", "Churn"])
+                              ["Model", "Steps", "Churn", "Solver"])
     missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a synthetic dataset of echodiff (missing {missing}); use another out_root")
@@ -166,7 +167,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     done = read_synthetic(out_root)
     settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": scale_text(cfg.cond_scale),
                 "Steps": "config" if cfg.steps is None else str(cfg.steps),
-                "Churn": "config" if cfg.churn is None else str(cfg.churn)}
+                "Churn": "config" if cfg.churn is None else str(cfg.churn), "Solver": cfg.solver}
     check_resume_settings(done, settings, out_root / "FileList.csv")
     known = set(done.ID.astype(int)) if len(done) else set()
     dupes = plan.ID[plan.ID.duplicated()].tolist()
@@ -182,7 +183,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
         targets = torch.tensor(batch.TargetEF.to_numpy(float), dtype=torch.float32).repeat_interleave(cfg.num_noise)
         noise_seed = int(np.random.default_rng([cfg.seed, ids[0], 1]).integers(2**31))
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
-                        cond_scale=cfg.cond_scale, seed=noise_seed, device=device)
+                        cond_scale=cfg.cond_scale, seed=noise_seed, device=device, solver=cfg.solver)
         estimated = regress_ef(regressor, videos, fps).reshape(len(ids), cfg.num_noise)
         pick = (estimated - targets.reshape(len(ids), cfg.num_noise)).abs().argmin(1)
         rows = []

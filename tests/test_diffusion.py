@@ -91,6 +91,39 @@ def test_sample_shapes_range_and_seed(stages):
     assert sample(model, anatomy[0], 50.0, frames=2, steps=2, seed=1).shape == (1, 3, 2, 16, 16)
 
 
+def test_dpmpp_2m_solver_one_pass_per_step_seeded_and_solving_the_same_ode():
+    torch.manual_seed(0)
+    model = CascadeModel(tiny_config(2)).eval()
+    anatomy = torch.rand(2, 3, 16, 16)
+    passes = [0]
+    for unet in model.imagen.unets:  # imagen-pytorch calls unet.forward once per pass (twice with guidance)
+        unet.forward = (lambda f: lambda *a, **k: passes.__setitem__(0, passes[0] + 1) or f(*a, **k))(unet.forward)
+
+    def run(**kwargs) -> tuple[torch.Tensor, int]:
+        passes[0] = 0
+        return sample(model, anatomy, [20.0, 70.0], seed=1, **kwargs), passes[0]
+
+    a, n = run(steps=5, solver="dpmpp_2m", cond_scale=5.0)
+    assert a.shape == (2, 3, 4, 16, 16) and a.min() >= 0 and a.max() <= 1
+    assert n == 2 * 5 * 2  # 2 stages x 5 steps x (conditional + unconditional pass)
+    assert run(steps=5, solver="dpmpp_2m", cond_scale=1.0)[1] == 2 * 5  # no guidance: one pass per step
+    assert run(steps=5, churn=0.0, cond_scale=1.0)[1] == 2 * (2 * 5 - 1)  # Heun: two per step but the last
+    assert torch.equal(a, run(steps=5, solver="dpmpp_2m", cond_scale=5.0)[0])  # same seed, same video
+    assert not torch.equal(a, sample(model, anatomy, [20.0, 70.0], seed=2, steps=5, solver="dpmpp_2m"))
+    assert "one_unet_sample" not in vars(model.imagen)  # imagen-pytorch's sampler is back
+    # both solve the same probability-flow ODE from the same initial noise (one stage: Heun draws unused noise
+    # every step, so a later stage would start from other noise): with many steps they agree
+    one = CascadeModel(tiny_config(1)).eval()
+    ode = {(solver, steps): sample(one, anatomy, [20.0, 70.0], seed=1, steps=steps, churn=0.0, cond_scale=1.0,
+                                   solver=solver) for solver in ("heun", "dpmpp_2m") for steps in (3, 64)}
+    error = {k: float((v - ode["heun", 64]).abs().mean()) for k, v in ode.items()}
+    assert error["dpmpp_2m", 64] < 0.01 < error["dpmpp_2m", 3], error
+    with pytest.raises(ValueError, match="dpmpp_2m solver is deterministic: churn must be None or 0"):
+        sample(model, anatomy, 50.0, solver="dpmpp_2m", churn=40.0)
+    with pytest.raises(ValueError, match=r"solver must be one of \('heun', 'dpmpp_2m'\), got 'euler'"):
+        sample(model, anatomy, 50.0, solver="euler")
+
+
 def test_sample_rejects_bad_input():
     model = CascadeModel(tiny_config()).eval()
     with pytest.raises(ValueError, match=r"anatomy must be \(B, 3, 16, 16\)"):

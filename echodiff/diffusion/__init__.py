@@ -12,11 +12,11 @@ from echodiff.diffusion.imagen import (
     load_model_folder,
     save_model_folder,
 )
-from echodiff.diffusion.sampling import sample, write_avis
+from echodiff.diffusion.sampling import SOLVERS, sample, write_avis
 
 import_imagen()
 
 __all__ = [
-    "EF_EMBEDDINGS", "CascadeModel", "build_imagen", "ef_embedding", "import_imagen", "load_model_folder",
-    "sample", "save_model_folder", "write_avis",
+    "EF_EMBEDDINGS", "SOLVERS", "CascadeModel", "build_imagen", "ef_embedding", "import_imagen",
+    "load_model_folder", "sample", "save_model_folder", "write_avis",
 ]
