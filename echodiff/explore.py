@@ -165,7 +165,7 @@ class Explorer:
 
     def generate(self, anatomy: Anatomy, ef: float, candidates: int = 2, steps: int | list[int] | None = None,
                  churn: float | list[float] | None = None, cond_scale: float | list[float] = 5.0, seed: int = 0,
-                 progress: Progress | None = None) -> Generation:
+                 solver: str = "heun", progress: Progress | None = None) -> Generation:
         """``candidates`` videos of ``anatomy`` at target ``ef`` (%); candidate ``k`` uses seed ``seed + k``, so it
         does not change with the number of candidates. Sampler arguments as :func:`echodiff.diffusion.sample`."""
         if not 0 < float(ef) <= 100:
@@ -177,7 +177,7 @@ class Explorer:
         videos = []
         for k in range(candidates):
             videos.append(sample(self.cascade, frame, float(ef), steps=steps, churn=churn, cond_scale=cond_scale,
-                                 seed=seed + k))
+                                 seed=seed + k, solver=solver))
             if progress is not None:
                 progress(k + 1, candidates)
         videos = torch.cat(videos)
@@ -186,7 +186,8 @@ class Explorer:
         real = None
         if anatomy.clip is not None:
             real = beat_curve(resize(anatomy.clip[None], self.cascade.image_size), anatomy.outline)[0][0]
-        settings = {"steps": steps, "churn": churn, "cond_scale": cond_scale, "seed": seed, "candidates": candidates}
+        settings = {"solver": solver, "steps": steps, "churn": churn, "cond_scale": cond_scale, "seed": seed,
+                    "candidates": candidates}
         return Generation(anatomy, float(ef), videos, regressed, curves, real, name, settings,
                           time.perf_counter() - start)
 

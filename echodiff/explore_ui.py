@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from echodiff.data.video import web_video
+from echodiff.diffusion import SOLVERS
 from echodiff.explore import Anatomy, Explorer, Generation, UploadError, save_generations, upload_anatomy
 from echodiff.plots import beat_figure, sweep_figure
 
@@ -54,7 +55,7 @@ class ExplorerApp:
 
     def __init__(self, explorer: Explorer, out_dir: str | os.PathLike = "outputs/explore",
                  experiment: str = "echodiff", steps: int = 8, churn: float = 0.0, cond_scale: float = 5.0,
-                 later_cond_scale: float = 1.0, candidates: int = 2, ef: float = 60.0):
+                 later_cond_scale: float = 1.0, candidates: int = 2, ef: float = 60.0, solver: str = "heun"):
         self.explorer, self.out_dir, self.experiment = explorer, out_dir, experiment
         self.anatomy: Anatomy | None = None
         self.shown: list[Generation] = []
@@ -63,6 +64,7 @@ class ExplorerApp:
         self.upload = w.FileUpload(accept=",".join(".avi .png .jpg .jpeg".split()), multiple=False,
                                    description="Upload AVI/PNG")
         self.ef = w.FloatSlider(value=ef, min=10, max=90, step=1, description="EF (%)", continuous_update=False)
+        self.solver = w.Dropdown(options=list(SOLVERS), value=solver, description="solver")
         self.steps = w.BoundedIntText(value=steps, min=2, max=256, description="steps")
         self.churn = w.BoundedFloatText(value=churn, min=0, max=200, description="churn")
         self.cond_scale = w.BoundedFloatText(value=cond_scale, min=1, max=20, description="guidance")
@@ -73,16 +75,17 @@ class ExplorerApp:
         self.seed = w.IntText(value=0, description="seed")
         self.candidates = w.BoundedIntText(value=candidates, min=1, max=16, description="candidates")
         self.sweep_efs = w.Text(value="20, 40, 60, 80", description="sweep EFs")
-        self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
-        self.sweep_button = w.Button(description="Sweep", icon="sliders")
-        self.save_button = w.Button(description="Save", icon="save")
+        wide = w.Layout(width="auto")
+        self.generate_button = w.Button(description="Generate", button_style="primary", icon="play", layout=wide)
+        self.sweep_button = w.Button(description="Sweep", icon="sliders", layout=wide)
+        self.save_button = w.Button(description="Save", icon="save", layout=wide)
         self.log_mlflow = w.Checkbox(value=False, description="log to MLflow", indent=False)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="300px"))
         self.status = w.HTML()
         self.anatomy_view = w.Image(format="png", width=SHOW_SIZE, height=SHOW_SIZE)
         self.results = w.VBox()
-        for name in ("dataset", "upload", "ef", "steps", "churn", "cond_scale", "seed", "candidates", "sweep_efs",
-                     "generate_button", "sweep_button", "save_button", "progress", "status", "results"):
+        for name in ("dataset", "upload", "ef", "solver", "steps", "churn", "cond_scale", "seed", "candidates",
+                     "sweep_efs", "generate_button", "sweep_button", "save_button", "progress", "status", "results"):
             getattr(self, name).add_class(f"echodiff-{name.replace('_', '-')}")
         self.dataset.observe(lambda change: self._guard(self._pick_dataset), names="value")
         self.upload.observe(lambda change: self._guard(self._pick_upload), names="value")
@@ -91,8 +94,8 @@ class ExplorerApp:
         self.save_button.on_click(lambda _: self._guard(self.on_save))
         if choices:
             self._guard(self._pick_dataset)
-        settings = w.VBox([w.HBox([self.steps, self.churn]), w.HBox([self.cond_scale, self.later_cond_scale]),
-                           w.HBox([self.seed, self.candidates])])
+        settings = w.VBox([self.solver, w.HBox([self.steps, self.churn]),
+                           w.HBox([self.cond_scale, self.later_cond_scale]), w.HBox([self.seed, self.candidates])])
         self.widget = w.VBox([
             w.HBox([w.VBox([self.dataset, self.upload, self.ef, settings]), self.anatomy_view]),
             w.HBox([self.generate_button, self.sweep_efs, self.sweep_button, self.save_button, self.log_mlflow]),
@@ -141,8 +144,9 @@ class ExplorerApp:
     def sampler(self) -> dict:
         """The sampler settings as :meth:`Explorer.generate` takes them."""
         scales = [float(self.cond_scale.value)] + [float(self.later_cond_scale.value)] * (self.explorer.num_stages - 1)
-        return {"steps": int(self.steps.value), "churn": float(self.churn.value), "cond_scale": scales,
-                "seed": int(self.seed.value)}
+        heun = self.solver.value == "heun"  # DPM-Solver++(2M) is deterministic: it takes no churn
+        return {"solver": self.solver.value, "steps": int(self.steps.value),
+                "churn": float(self.churn.value) if heun else None, "cond_scale": scales, "seed": int(self.seed.value)}
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.max, self.progress.value = total, done
