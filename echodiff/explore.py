@@ -128,9 +128,10 @@ class Explorer:
         spec = getattr(regressor, "clip_spec", {})
         frames, fps = cascade.config.get("frames"), cascade.config.get("fps")
         if spec.get("frames") not in (None, frames) or (spec.get("fps") and fps and spec["fps"] != fps):
-            raise ValueError(f"the EF regressor {regressor_id or ''} was trained on {spec.get('frames')}-frame clips "
-                             f"at {spec.get('fps')} fps, the cascade {cascade_id or ''} makes {frames} frames at "
-                             f"{fps} fps: choose a regressor trained on the cascade's clip length and frame rate")
+            raise ValueError(f"the EF regressor {regressor_id or '(given)'} was trained on {spec.get('frames')}-frame "
+                             f"clips at {spec.get('fps')} fps, the cascade {cascade_id or '(given)'} makes {frames} "
+                             f"frames at {fps} fps: choose a regressor trained on the cascade's clip length and "
+                             "frame rate")
         self.cascade, self.regressor, self.data = cascade, regressor, data
         self.cascade_id, self.regressor_id = cascade_id, regressor_id
 

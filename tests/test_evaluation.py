@@ -184,6 +184,8 @@ def cascade_and_regressor():
 def test_chunk_index_out_of_range():
     with pytest.raises(ValueError, match="chunk 3 is out of range for chunks=3"):
         ScoreConfig(chunk=3, chunks=3)
+    with pytest.raises(ValueError, match=r"solver must be one of \('heun', 'dpmpp_2m'\), got 'ddim'"):
+        ScoreConfig(solver="ddim")
     assert [list(evaluation.chunk_indices(7, i, 3)) for i in range(3)] == [[0, 1], [2, 3], [4, 5, 6]]
 
 

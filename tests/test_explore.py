@@ -64,7 +64,7 @@ def test_a_regressor_for_other_clips_is_refused(saved_models):
     cascade = CascadeModel(tiny_config(1))
     regressor = EFRegressor(width=4)
     regressor.clip_spec = {"frames": 16, "fps": 8.0}
-    with pytest.raises(ValueError, match=r"trained on 16-frame clips at 8.0 fps, the cascade  makes 4 frames"):
+    with pytest.raises(ValueError, match=r"trained on 16-frame clips at 8.0 fps, the cascade \(given\) makes 4 frames"):
         explore.Explorer(cascade, regressor)
 
 
@@ -166,6 +166,12 @@ def test_the_page_generates_sweeps_saves_and_reports_errors_in_place(explorer, t
     captions = [tile.children[1].value for tile in app.results.children[0].children]
     assert "real clip" in captions[0] and all("target 75 %" in c and "regressed EF" in c for c in captions[1:])
     assert app.progress.value == app.progress.max == 2 and "2 video(s) in" in app.status.value
+    app.solver.value = "dpmpp_2m"  # deterministic: the page sends no churn, and it samples
+    assert app.sampler()["churn"] is None and app.sampler()["solver"] == "dpmpp_2m"
+    app.candidates.value = 1
+    app.generate_button.click()
+    assert "1 video(s) in" in app.status.value and app.shown[0].settings["solver"] == "dpmpp_2m"
+    app.candidates.value = 2
     app.sweep_efs.value = "20, eighty"
     app.sweep_button.click()
     assert "sweep EFs must be numbers" in app.status.value and not app.generate_button.disabled

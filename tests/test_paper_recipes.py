@@ -13,7 +13,8 @@ import yaml
 
 from echodiff import evaluation
 from echodiff.config import load_params, stage_keys, stage_params
-from echodiff.diffusion import CascadeModel, load_model_folder, sample
+from echodiff.data.video import read_video
+from echodiff.diffusion import CascadeModel, load_model_folder
 from echodiff.diffusion.imagen import CASCADE_KEYS, cascade_config, import_imagen
 from echodiff.diffusion.training import DiffusionTrainConfig, load_cascade_config, train_stage
 from echodiff.ef_training import EFTrainConfig, train_ef_regressor
@@ -234,13 +235,14 @@ def test_a_folder_in_the_original_release_layout_samples_and_evaluates(phantom_r
     trainer.save(str(folder / "merged.pt"))
     (folder / "config.yaml").write_text(original)  # as is
     model = load_model_folder(folder)
-    video = sample(model, torch.rand(1, 3, 112, 112), 40.0, steps=2, churn=0.0, cond_scale=1.0, seed=0)  # 1 pass/step
-    assert video.shape == (1, 3, 16, 112, 112)
     regressor = EFRegressor(4, bias=50.0).eval()
     cfg = evaluation.ScoreConfig(data_root=str(phantom_root), mode="counterfactual", max_videos=1, steps=2,
-                                 churn=0.0, cond_scale=1.0)
-    rows = evaluation.generate_scores(model, regressor, cfg, tmp_path / "scores.csv", str(folder), "tiny")
+                                 churn=0.0, cond_scale=1.0)  # one network pass per step
+    rows = evaluation.generate_scores(model, regressor, cfg, tmp_path / "scores.csv", str(folder), "tiny",
+                                      videos_dir=tmp_path / "videos")
     assert len(rows) == 1 and 15 <= float(rows["GT EF"].iloc[0]) <= 85 and rows["Gen EF"].notna().all()
+    name = rows.FileName.iloc[0]
+    assert read_video(tmp_path / "videos" / "Videos" / f"{name}_counterfactual_0.avi").shape == (3, 16, 112, 112)
     summary = evaluation.summarize(evaluation.merge_scores([tmp_path / "scores.csv"], 1))
     assert "avg_mae_gen" in summary
 
