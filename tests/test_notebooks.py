@@ -20,9 +20,11 @@ def parameters(path: Path) -> set[str]:
 
 
 def test_every_stage_notebook_is_parameterised_and_clean():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
     for path in NOTEBOOKS:
-        assert {"experiment", "mlflow_run_id"} <= parameters(path), path.name
+        # the pipeline's stages (00-05) log into the run it made for them; 06 (interactive) starts its own on Save
+        expected = {"experiment"} if path.name.startswith("06") else {"experiment", "mlflow_run_id"}
+        assert expected <= parameters(path), path.name
         for cell in json.loads(path.read_text())["cells"]:
             assert not cell.get("outputs") and cell.get("execution_count") is None, f"{path.name}: strip outputs"
 
