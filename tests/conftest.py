@@ -1,13 +1,12 @@
-"""Shared fixtures: one small phantom written once per test session (real AVIs, real CSVs); and the rule for
-tests of real components (Slurm, accelerate's launcher): they are marked ``real_component`` and skip with their
-reason when the component is missing, except under ``CI=true``, where that skip is a failure."""
+"""Shared fixtures: one small phantom written once per test session (real AVIs, real CSVs) and tiny untrained
+models on disk; and the rule for tests of real components, whose hooks live in tests/ci_rule.py."""
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from ci_rule import pytest_configure, pytest_runtest_makereport  # noqa: F401 -- the hooks, re-exported to pytest
 from test_diffusion import tiny_config
 
 from echodiff import phantom
@@ -45,18 +44,3 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.save({"model": regressor.state_dict(), "model_config": regressor.config,
                 "train_config": {"frames": 4, "fps": 8.0, "image_size": 16}}, folder / "regressor.pt")
     return folder / "cascade", folder / "regressor.pt"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "real_component: needs a real external component (Slurm, accelerate, Chromium); "
-                            "a skip for its absence fails under CI=true")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and os.environ.get("CI") == "true" and item.get_closest_marker("real_component"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"CI=true: a real component this test needs is missing ({reason}); install it, see README"

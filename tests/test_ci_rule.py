@@ -8,8 +8,9 @@ from echodiff.config import repo_root
 
 
 def test_a_missing_real_component_skips_outside_ci_and_fails_under_ci(tmp_path):
-    """tests/conftest.py's rule, on a probe test whose component is absent (run by a real pytest process)."""
-    (tmp_path / "conftest.py").write_text((repo_root() / "tests" / "conftest.py").read_text())
+    """tests/ci_rule.py (the hooks tests/conftest.py uses), on a probe test whose component is absent, run by a real
+    pytest process."""
+    (tmp_path / "conftest.py").write_text((repo_root() / "tests" / "ci_rule.py").read_text())
     (tmp_path / "test_probe.py").write_text(
         "import pytest\n\n@pytest.mark.real_component\n@pytest.mark.skipif(True, reason='probe component absent')\n"
         "def test_needs_it():\n    pass\n")
