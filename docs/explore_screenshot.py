@@ -1,6 +1,7 @@
 """Make docs/explore.png: notebook 06 in JupyterLab (Debian's Chromium via Playwright) on the latest finished
 demo cascade of the checkout's MLflow store, EF slider at 75 %, Generate pressed; prints the time from the click to
-the playing videos.  .venv/bin/python docs/explore_screenshot.py  (after `make demo`)"""
+the playing videos.  .venv/bin/python docs/explore_screenshot.py [CASCADE]  (after `make demo`; CASCADE: a model
+folder or run id instead of the latest finished one)"""
 
 import os
 import shutil
@@ -12,16 +13,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import papermill
 from playwright.sync_api import expect, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
         "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage"]
 
+chosen = {"cascade": sys.argv[1], "data_root": "data/phantom"} if len(sys.argv) > 1 else {}
 with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     (tmp / "lab").mkdir()
-    shutil.copy(REPO / "notebooks" / "06_explore.ipynb", tmp / "lab" / "explore.ipynb")
+    papermill.execute_notebook(str(REPO / "notebooks" / "06_explore.ipynb"), str(tmp / "lab" / "explore.ipynb"),
+                               prepare_only=True, parameters=chosen)
     settings = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text('{"fetchNews": "false", "checkForUpdates": false}')
@@ -52,7 +56,7 @@ with tempfile.TemporaryDirectory() as tmp:
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
             page.locator("button.echodiff-generate-button").wait_for(timeout=300_000)
-            expect(page.locator(".jp-InputPrompt", has_text="[5]:").first).to_be_attached(timeout=300_000)
+            time.sleep(2)  # the last cells start
             expect(idle).to_be_attached(timeout=300_000)
             handle = page.locator(".echodiff-ef .noUi-handle")
             handle.focus()
