@@ -30,10 +30,10 @@ from echodiff import preempt
 from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
-from echodiff.data.video import read_video, write_video
+from echodiff.data.video import read_video
 from echodiff.device import compute_device
 from echodiff.diffusion.imagen import CascadeModel, load_model_config, load_model_folder
-from echodiff.diffusion.sampling import SOLVERS, sample
+from echodiff.diffusion.sampling import SOLVERS, sample, write_avis
 from echodiff.ef_training import load_regressor
 from echodiff.io import atomic_path, atomic_write_csv
 from echodiff.metrics.frechet import frechet_distance_of
@@ -302,10 +302,7 @@ def _to_size(videos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def _save_videos(videos: torch.Tensor, real: torch.Tensor, rows: pd.DataFrame, folder: Path, fps: float,
                  num_noise: int) -> None:
-    for (_, row), video in zip(rows.iterrows(), videos, strict=True):
-        name = f"{row.FileName}_{row['mode']}_{row.noise}"
-        array = (video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-        write_video(folder / "Videos" / f"{name}.avi", np.ascontiguousarray(array), fps)
+    write_avis(videos, folder / "Videos", [f"{r.FileName}_{r['mode']}_{r.noise}" for _, r in rows.iterrows()], fps)
     for k, clip in enumerate(real):
         group = rows.iloc[k * num_noise:(k + 1) * num_noise]
         video_row_gif([clip.numpy(), *videos[k * num_noise:(k + 1) * num_noise].numpy()],

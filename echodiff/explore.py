@@ -220,10 +220,10 @@ def load_explorer(cascade: str | None = None, regressor: str | None = None, data
                               f"({tracking.tracking_uri()}): run `make demo` first, or set `{key}` to a "
                               f"{'model folder' if key == 'cascade' else 'checkpoint'} or an MLflow run id")
     device = compute_device()
-    model = load_model_folder(local_or_run_id(ids["cascade"])).to(device).eval()
+    source = local_or_run_id(ids["cascade"])  # a Path, or a run id (str)
+    model = load_model_folder(source).to(device).eval()
     reader = load_regressor(local_or_run_id(ids["regressor"])).to(device).eval()
     if data_root is None:
-        source = local_or_run_id(ids["cascade"])
         data_root = tracking.run_param(source, "data_root") if isinstance(source, str) else None
         if data_root is None:
             raise ValueError(f"set data_root: the cascade {ids['cascade']} is a model folder, not a stage-02 run "

@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from echodiff.data.video import web_video
+from echodiff.data.transforms import resize
+from echodiff.data.video import to_uint8, web_video
 from echodiff.diffusion import SOLVERS
 from echodiff.explore import Anatomy, Explorer, Generation, UploadError, save_generations, upload_anatomy
 from echodiff.plots import beat_figure, sweep_figure
@@ -39,8 +40,7 @@ def _video_widget(video: torch.Tensor, fps: float) -> w.Video:
     """A looping ``<video>`` of ``(3, T, H, W)`` in [0, 1], upscaled to :data:`SHOW_SIZE` px."""
     big = torch.nn.functional.interpolate(video[None].float(), size=(video.shape[1], SHOW_SIZE, SHOW_SIZE),
                                           mode="nearest")[0]
-    frames = (big.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    return w.Video(value=web_video(np.ascontiguousarray(frames), fps), format="webm", autoplay=True, loop=True,
+    return w.Video(value=web_video(to_uint8(big), fps), format="webm", autoplay=True, loop=True,
                    controls=False, width=SHOW_SIZE, height=SHOW_SIZE)
 
 
@@ -163,9 +163,7 @@ class ExplorerApp:
     def _real_tile(self, anatomy: Anatomy) -> list[w.Widget]:
         if anatomy.clip is None:
             return []
-        real = self.explorer.cascade.image_size
-        clip = torch.nn.functional.interpolate(anatomy.clip[None], size=(anatomy.clip.shape[1], real, real),
-                                               mode="area")[0]
+        clip = resize(anatomy.clip[None], self.explorer.cascade.image_size)[0]  # as the cascade's videos
         return [_tile(_video_widget(clip, self.explorer.fps), f"real clip<br>EF {anatomy.ef:.1f} %", "echodiff-real")]
 
     def on_generate(self) -> None:

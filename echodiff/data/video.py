@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from echodiff.io import atomic_path
 
@@ -57,21 +58,37 @@ def read_video(path: str | os.PathLike, cache: VideoCache | None = None) -> np.n
     return np.ascontiguousarray(video.transpose(3, 0, 1, 2))
 
 
-def write_video(path: str | os.PathLike, video: np.ndarray, fps: float) -> Path:
-    """Write uint8 ``(3, T, H, W)`` RGB as an MJPG AVI (EchoNet-Dynamic's format), atomically."""
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """A float tensor in [0, 1] (any shape, e.g. ``(3, T, H, W)``) as contiguous uint8 0-255, clamped and rounded
+    half up: what the writers below take."""
+    return np.ascontiguousarray((video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+
+
+def _checked(video: np.ndarray, who: str) -> np.ndarray:
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[0] != 3 or video.dtype != np.uint8:
-        raise ValueError(f"write_video expects uint8 (3, T, H, W), got {video.dtype} {tuple(video.shape)}")
+        raise ValueError(f"{who} expects uint8 (3, T, H, W), got {video.dtype} {tuple(video.shape)}")
+    return video
+
+
+def _write_frames(writer: cv2.VideoWriter, video: np.ndarray, failure: str) -> None:
+    """Write uint8 ``(3, T, H, W)`` RGB frame by frame to an OpenCV ``writer`` (BGR) and release it."""
+    if not writer.isOpened():
+        raise OSError(failure)
+    try:
+        for frame in video.transpose(1, 2, 3, 0):
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    finally:
+        writer.release()
+
+
+def write_video(path: str | os.PathLike, video: np.ndarray, fps: float) -> Path:
+    """Write uint8 ``(3, T, H, W)`` RGB as an MJPG AVI (EchoNet-Dynamic's format), atomically."""
+    video = _checked(video, "write_video")
     _, _, height, width = video.shape
     with atomic_path(path) as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (width, height))
-        if not writer.isOpened():
-            raise OSError(f"{path}: OpenCV could not open an MJPG writer")
-        try:
-            for frame in video.transpose(1, 2, 3, 0):
-                writer.write(np.ascontiguousarray(frame[..., ::-1]))
-        finally:
-            writer.release()
+        _write_frames(writer, video, f"{path}: OpenCV could not open an MJPG writer")
     return Path(path)
 
 
@@ -90,21 +107,13 @@ def _stderr_silenced() -> Iterator[None]:
 
 def web_video(video: np.ndarray, fps: float) -> bytes:
     """Encode uint8 ``(3, T, H, W)`` RGB as a WebM (VP8) file's bytes, which browsers play in a ``<video>``."""
-    video = np.asarray(video)
-    if video.ndim != 4 or video.shape[0] != 3 or video.dtype != np.uint8:
-        raise ValueError(f"web_video expects uint8 (3, T, H, W), got {video.dtype} {tuple(video.shape)}")
+    video = _checked(video, "web_video")
     _, _, height, width = video.shape
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "video.webm"
         with _stderr_silenced():  # OpenCV prints a harmless "tag ... is not supported" for any WebM fourcc
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"vp80"), float(fps), (width, height))
-        if not writer.isOpened():
-            raise OSError("OpenCV could not open a VP8 WebM writer (its FFmpeg build lacks libvpx)")
-        try:
-            for frame in video.transpose(1, 2, 3, 0):
-                writer.write(np.ascontiguousarray(frame[..., ::-1]))
-        finally:
-            writer.release()
+        _write_frames(writer, video, "OpenCV could not open a VP8 WebM writer (its FFmpeg build lacks libvpx)")
         return path.read_bytes()
 
 

@@ -10,11 +10,10 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from echodiff.data.transforms import resize
-from echodiff.data.video import write_video
+from echodiff.data.video import to_uint8, write_video
 from echodiff.diffusion.imagen import CascadeModel, ef_embedding, output_video
 
 SOLVERS = ("heun", "dpmpp_2m")  # see sample(): imagen-pytorch's EDM sampler, or DPM-Solver++(2M)
@@ -187,6 +186,5 @@ def write_avis(videos: torch.Tensor, folder: str | os.PathLike, names: list[str]
         raise ValueError(f"{len(names)} names for {videos.shape[0]} videos")
     paths = []
     for video, name in zip(videos, names, strict=True):
-        array = (video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-        paths.append(write_video(Path(folder) / f"{name}.avi", np.ascontiguousarray(array), fps))
+        paths.append(write_video(Path(folder) / f"{name}.avi", to_uint8(video), fps))
     return paths

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from echodiff import weights
+from echodiff.data.video import to_uint8
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 
 INCEPTION = ("inception-2015-12-05.pt",
@@ -117,8 +118,7 @@ def export_frames(videos: torch.Tensor, names: list[str], folder: str | os.PathL
     for video, name in zip(clip, names, strict=True):
         out = folder / name
         out.mkdir(parents=True, exist_ok=True)
-        array = (video.permute(1, 2, 3, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-        for i, frame in enumerate(array):
+        for i, frame in enumerate(to_uint8(video).transpose(1, 2, 3, 0)):
             canvas = np.zeros((size, size, 3), np.uint8)
             canvas[top:top + h, left:left + w] = frame
             Image.fromarray(canvas).save(out / f"{i}.png")
