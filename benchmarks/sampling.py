@@ -82,7 +82,7 @@ def run(model, regressor, args, solver: str, steps, churn, seed: int, folder: Pa
         scores = evaluation.generate_scores(model, regressor, cfg, csv, videos_dir=videos, progress=False)
         seconds = time.perf_counter() - start
     summary = evaluation.summarize(scores)
-    real = evaluation.real_clips(model, cfg, scores.FileName.drop_duplicates())
+    real = evaluation.real_clips(model.config, cfg, scores.FileName.drop_duplicates())
     motion = evaluation.motion_summary(real, evaluation.saved_candidates(scores, videos), model.config.get("fps") or 8)
     calls = -(-args.videos // args.batch_videos)  # one sample() call per batch; each video gets all its passes
     out = {"nfe_per_video": sum(counts) / calls,

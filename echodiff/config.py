@@ -115,6 +115,35 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
     return names
 
 
+def notebook_params(namespace: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A notebook's parameters as a dict: the values in ``namespace`` (the notebook's ``globals()``, after its
+    parameters cell and papermill's injected one), checked by :func:`check_params`: a name papermill injected
+    that the parameters cell does not declare (a typo) is an error. Call it before defining other values -- the
+    one way every notebook reads its parameters."""
+    declared = notebook_parameters(STAGE_NOTEBOOKS[stage])
+    own = _assigned_names(STAGE_NOTEBOOKS[stage])  # the notebook's own variables (an interactive re-run has them)
+    injected = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in own and k not in ("In", "Out")
+                and isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+    check_params(injected, set(declared), f"notebook {STAGE_NOTEBOOKS[stage]} parameters")
+    params = {k: namespace[k] for k in declared if k in namespace and k != "mlflow_run_id"}  # not the run's own id
+    return check_params(params, None, f"notebook {STAGE_NOTEBOOKS[stage]} parameters")
+
+
+def _assigned_names(notebook: str | os.PathLike) -> set[str]:
+    """Every name a notebook's code cells assign, import or loop over (IPython magics skipped)."""
+    names: set[str] = set()
+    for cell in json.loads(resolve_path(notebook).read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
 def stage_keys(stage: str) -> set[str]:
     """Every parameter a stage reads: its notebook's parameters and its command line's own keys."""
     if stage not in STAGE_NOTEBOOKS:

@@ -70,6 +70,7 @@ class EFTrainConfig:
     eval_batch_size: int = 16
     cache_dir: str | None = None  # decoded-video cache folder (None: decode every epoch)
     keep_checkpoints: int = 1  # replaced last.pt files kept as last.1.pt ... (a resume falls back to them)
+    resume_from: str | None = None  # resume from this checkpoint file (e.g. last.2.pt) instead of last.pt
     # The training set of the rebalancing variants (echodiff.rebalance); the defaults train on real TRAIN only.
     synthetic_roots: list[str] = dataclasses.field(default_factory=list)  # EchoNet-format synthetic folders
     use_synthetic: bool = False  # pool synthetic_roots' TRAIN rows with the real ones
@@ -107,7 +108,8 @@ class EFTrainConfig:
 
 
 #: settings that may change when a run resumes (they do not shape the trained weights)
-RESUMABLE_CHANGES = ("epochs", "num_workers", "eval_batch_size", "eval_protocol", "cache_dir", "keep_checkpoints")
+RESUMABLE_CHANGES = ("epochs", "num_workers", "eval_batch_size", "eval_protocol", "cache_dir", "keep_checkpoints",
+                     "resume_from")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:
@@ -176,22 +178,26 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_period or 10**9, gamma=0.1)
     start_epoch, best_val, history = 0, float("inf"), []
     last = checkpoint_dir / "last.pt"
-    if resume and last.is_file():
-        state = load_checkpoint(last, cfg.keep_checkpoints)
+    source = resolve_path(cfg.resume_from) if cfg.resume_from else last  # the chosen checkpoint, or the last one
+    if cfg.resume_from and not source.is_file():
+        raise FileNotFoundError(f"resume_from={cfg.resume_from!r}: {source} is not a file; name a checkpoint such as "
+                                f"{last} or {last.with_name('last.1.pt')}")
+    if resume and source.is_file():
+        state = load_checkpoint(source, 0 if cfg.resume_from else cfg.keep_checkpoints)
         changed = changed_settings(state.get("train_config"), dataclasses.asdict(cfg), RESUMABLE_CHANGES)
         if changed:
-            raise ValueError(f"{last} was trained with other settings ({'; '.join(changed)}): resuming it would "
+            raise ValueError(f"{source} was trained with other settings ({'; '.join(changed)}): resuming it would "
                              "log a model these settings did not make. Use another checkpoint_dir, pass "
                              "resume=False to start over, or restore those settings.")
         if state.get("model_config") != model.config:
-            raise ValueError(f"{last}: checkpoint is for {state.get('model_config')}, this run builds "
+            raise ValueError(f"{source}: checkpoint is for {state.get('model_config')}, this run builds "
                              f"{model.config}; use another checkpoint_dir or resume=False")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_val, history = state["epoch"] + 1, state["best_val_loss"], state["history"]
         set_rng_state(state["rng"])
-        accelerator.print(f"ef_training: resuming from {last} at epoch {start_epoch}")
+        accelerator.print(f"ef_training: resuming from {source} at epoch {start_epoch}")
         if accelerator.is_main_process and mlflow.active_run() is not None:  # the whole curve in this run too
             for row in history:
                 mlflow.log_metrics({k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"])

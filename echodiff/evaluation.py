@@ -15,18 +15,20 @@ ones, so an interrupted chunk ends with exactly the rows an uninterrupted one ha
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from echodiff import preempt
+from echodiff import preempt, tracking
 from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
@@ -36,17 +38,21 @@ from echodiff.diffusion.imagen import CascadeModel, load_model_config, load_mode
 from echodiff.diffusion.sampling import SOLVERS, sample, write_avis
 from echodiff.ef_training import load_regressor
 from echodiff.io import atomic_path, atomic_write_csv
+from echodiff.metrics import frechet
 from echodiff.metrics.frechet import frechet_distance_of
 from echodiff.metrics.lv_area import AreaJudge, contraction, ed_outline
 from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
-from echodiff.plots import video_row_gif
+from echodiff.plots import target_scatter, video_row_gif
+from echodiff.weights import MissingWeightsError
 
 #: The seed's score columns, in its order.
 SCORE_COLUMNS = ["FileName", "GT EF", "Gen EF", "Ref EF", "SSIM", "LPIPS"]
-#: What makes each row reproducible and traceable.
-RUN_COLUMNS = ["noise", "mode", "seed", "solver", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk"]
+#: What makes each row reproducible and traceable; ``seconds``: wall time of its batch per candidate (sampling
+#: and scoring), what the paper table's sampling time averages.
+RUN_COLUMNS = ["noise", "mode", "seed", "solver", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk",
+               "seconds"]
 MODES = ("factual", "counterfactual")
 
 
@@ -236,6 +242,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         if len(done) == len(batch) * cfg.num_noise and done.groupby("FileName").noise.nunique().eq(cfg.num_noise).all():
             continue
         rows = rows[~rows.FileName.isin(names)]  # an unfinished batch is redone whole, with the same seed
+        start = time.perf_counter()
         items = [video_item(data, i, cfg) for i in batch]
         anatomy = torch.stack([a for a, *_ in items]).repeat_interleave(cfg.num_noise, 0)
         real = torch.stack([c for *_, c, _ in items])
@@ -255,7 +262,8 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
             "FileName": np.repeat(names, cfg.num_noise), "GT EF": targets.numpy(), "Gen EF": gen_ef.numpy(),
             "Ref EF": ref_ef.numpy(), "SSIM": similarity.numpy(), "LPIPS": perceptual.numpy(),
             "Area EF": area_ef, "Ref Area EF": ref_area_ef,
-            "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings})
+            "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings,
+            "seconds": (time.perf_counter() - start) / (len(batch) * cfg.num_noise)})
         if videos_dir is not None:
             _save_videos(videos, real, new, Path(videos_dir), fps or 8.0, cfg.num_noise)
         for k, name in enumerate(names):
@@ -460,9 +468,10 @@ def regressor_distance(scores: pd.DataFrame, score_csvs: Sequence[str | os.PathL
     return frechet_distance_of(real, fake)
 
 
-def real_clips(model: CascadeModel, cfg: ScoreConfig, names: Sequence[str]) -> torch.Tensor:
-    """The real clips ``(N, 3, T, H, W)`` the named videos were scored against (same windows)."""
-    data = _clips(model.config, cfg)
+def real_clips(config: dict[str, Any], cfg: ScoreConfig, names: Sequence[str]) -> torch.Tensor:
+    """The real clips ``(N, 3, T, H, W)`` the named videos were scored against (same windows), in the format
+    (frames, fps) of the cascade ``config``."""
+    data = _clips(config, cfg)
     index = {name: i for i, name in enumerate(data.filelist.FileName)}
     return torch.stack([video_item(data, index[name], cfg)[2] for name in names])
 
@@ -481,6 +490,122 @@ def saved_candidates(scores: pd.DataFrame, videos_dir: str | os.PathLike) -> tor
     folder = Path(videos_dir) / "Videos"
     return torch.stack([torch.from_numpy(read_video(folder / f"{r.FileName}_{r.mode}_{r.noise}.avi")).float() / 255
                         for r in scores.itertuples()])
+
+
+@dataclass
+class Evaluation:
+    """What stage 03 reports for merged scores (:func:`report`); the same whether the chunks ran here or on Slurm."""
+
+    scores: dict[str, pd.DataFrame]  # mode -> every candidate's score row
+    summaries: dict[str, dict[str, float]]  # mode -> summarize() + motion + mae_first_candidate
+    distances: dict[str, dict[str, float]]  # mode -> FD_EFreg (selected), FD_EFreg_all, FID/FVD when computed
+    paper_table: pd.DataFrame  # ours (best and selected protocols) beside the reference README's rows
+    judges: pd.DataFrame  # both EF judges over all candidates
+    gifs: list[Path]  # original | factual | counterfactual, EF-selected
+    scatter: Any  # seaborn FacetGrid: regressed vs target EF, all and EF-selected candidates
+
+    def metrics(self) -> dict[str, float]:
+        """The MLflow metrics: ``<mode>_<name>`` for every finite summary and distance."""
+        return {f"{mode}_{k}": float(v) for mode in self.scores
+                for k, v in {**self.summaries[mode], **self.distances[mode]}.items() if np.isfinite(v)}
+
+
+def score_all(model: CascadeModel, regressor: EFRegressor, params: dict[str, Any], progress: bool = True,
+              ) -> dict[str, pd.DataFrame]:
+    """Score every chunk of every mode of stage-03 ``params`` here, one after the other (on Slurm each chunk is
+    one ``score`` array task instead), and merge each mode's chunks; finished batches on disk are skipped."""
+    out, chunks = resolve_path(params.get("out_dir", "outputs/evaluate")), int(params.get("chunks", 1))
+    scores = {}
+    for mode in params.get("modes", ["factual"]):
+        paths = [score_path(out, mode, c, chunks) for c in range(chunks)]
+        for chunk, path in enumerate(paths):
+            cfg = ScoreConfig.from_params({**params, "mode": mode, "chunk": chunk, "chunks": chunks})
+            generate_scores(model, regressor, cfg, path, str(params.get("model")), str(params.get("regressor")),
+                            videos_dir=out / "videos", progress=progress)
+        scores[mode] = merge_scores(paths, int(params.get("num_noise", 1)))
+    return scores
+
+
+def merge_all(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Merge the chunk files of every mode of stage-03 ``params``, checking that every video the chunks were to
+    score is there with ``num_noise`` candidates; writes ``<out_dir>/scores_<mode>.csv``. Needs the model folder's
+    ``config.yaml`` (frames, fps), not its weights."""
+    out, chunks = resolve_path(params.get("out_dir", "outputs/evaluate")), int(params.get("chunks", 1))
+    config = load_model_config(local_or_run_id(params["model"]))
+    scores = {}
+    for mode in params.get("modes", ["factual"]):
+        cfg = ScoreConfig.from_params({**params, "mode": mode, "chunk": 0})
+        paths = [score_path(out, mode, c, chunks) for c in range(chunks)]
+        absent = [str(p) for p in paths if not p.exists()]
+        if absent:
+            raise FileNotFoundError(f"missing chunk files (run `python -m echodiff.evaluation score` with chunk=K "
+                                    f"for them first): {absent}")
+        data = _clips(config, cfg)
+        n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
+        expected = [str(name) for name in data.filelist.FileName[:n]]  # every video the chunks were to score
+        scores[mode] = merge_scores(paths, cfg.num_noise, expected)
+        atomic_write_csv(scores[mode], out / f"scores_{mode}.csv", index=False)
+    return scores
+
+
+def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict[str, Any],
+           log: bool = True) -> Evaluation:
+    """Everything stage 03 reports from merged ``scores`` (mode -> rows) of a cascade with model ``config``:
+    EF agreement by both judges (all and EF-selected candidates), SSIM/LPIPS, FD_EFreg, FID/FVD when their
+    weights are on disk, motion of the selected candidates beside the real clips, the paper table, GIFs and the
+    EF scatter; ``log``: to the active MLflow run (metrics ``<mode>_<name>``, score CSVs, tables, figure, GIFs).
+    The notebook and ``python -m echodiff.evaluation merge`` both call this, so both leave the same record."""
+    out, chunks = resolve_path(params.get("out_dir", "outputs/evaluate")), int(params.get("chunks", 1))
+    fps = config.get("fps") or 8.0
+    summaries, distances, selected = {}, {}, {}
+    for mode, rows in scores.items():
+        summaries[mode] = summarize(rows)
+        selected[mode] = select_by_ef(rows)
+        paths = [score_path(out, mode, c, chunks) for c in range(chunks)]
+        distances[mode] = {"FD_EFreg": regressor_distance(selected[mode], paths),
+                           "FD_EFreg_all": regressor_distance(rows, paths)}
+        cfg = ScoreConfig.from_params({**params, "mode": mode, "chunk": 0})
+        real = real_clips(config, cfg, selected[mode].FileName)
+        fake = saved_candidates(selected[mode], out / "videos")
+        summaries[mode].update(motion_summary(real, fake, fps))  # a beat, not flicker: beside the real clips
+        if params.get("export_frames"):
+            frechet.export_frames(real, list(selected[mode].FileName), out / "frames" / mode / "real")
+            frechet.export_frames(fake, list(selected[mode].FileName), out / "frames" / mode / "fake")
+        if params.get("fid_fvd"):  # the real networks or nothing: the table says "not computed"
+            try:
+                distances[mode].update(FID=frechet.fid(real, fake), FVD=frechet.fvd(real, fake))
+            except MissingWeightsError as exc:
+                print(exc)
+        first = rows[rows.noise == 0]  # what the feedback loop buys: one candidate alone vs the best of num_noise
+        summaries[mode]["mae_first_candidate"] = float((first["GT EF"] - first["Gen EF"]).abs().mean())
+    seconds = float(pd.concat(scores.values()).get("seconds", pd.Series([np.nan])).mean())
+    ours = pd.concat([paper_table(str(params.get("model_name", "")), summaries, config["frames"], seconds, distances,
+                                  protocol) for protocol in ("best", "selected")], ignore_index=True)
+    table = pd.concat([ours, REFERENCE.assign(Protocol="best (reference README)")], ignore_index=True)
+    gifs = []
+    if "factual" in scores and "counterfactual" in scores:
+        cfg = ScoreConfig.from_params({**params, "mode": "factual", "chunk": 0})
+        picks = {m: selected[m].set_index("FileName") for m in ("factual", "counterfactual")}
+        for name in list(picks["factual"].index)[:int(params.get("n_gifs", 0))]:
+            real = real_clips(config, cfg, [name])[0]
+            fake = [saved_candidates(picks[m].loc[[name]].reset_index(), out / "videos")[0]
+                    for m in ("factual", "counterfactual")]
+            gifs.append(video_row_gif([real.numpy(), *(f.numpy() for f in fake)], out / "gifs" / f"{name}.gif",
+                                      fps=fps))
+    both = pd.concat([rows.assign(mode=m, candidate="all") for m, rows in scores.items()]
+                     + [selected[m].assign(mode=m, candidate="EF-selected") for m in scores])
+    result = Evaluation(scores, summaries, distances, table, judges_table(summaries), gifs,
+                        target_scatter(both))
+    if log:
+        for mode, rows in scores.items():
+            tracking.log_table(rows, f"scores_{mode}.csv")
+        mlflow.log_metrics(result.metrics())
+        tracking.log_table(result.paper_table, "paper_table.csv")
+        tracking.log_table(result.judges, "judges.csv")
+        tracking.log_figure(result.scatter.figure, "ef_scatter.png")
+        for gif in gifs:
+            tracking.log_file(gif, "gifs")
+    return result
 
 
 def score_path(out_dir: str | os.PathLike, mode: str, chunk: int, chunks: int) -> Path:
@@ -504,7 +629,8 @@ def local_or_run_id(value: str) -> str | Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``score``: one chunk of every mode (a Slurm array task); ``merge``: check and merge all chunks."""
+    """``score``: chunk ``chunk`` of every mode (one Slurm array task; no MLflow run); ``merge``: check and merge
+    every chunk, then compute and log to one MLflow ``evaluate`` run everything notebook 03 logs."""
     args, params = stage_cli("evaluate", "python -m echodiff.evaluation", __doc__.split("\n\n")[0], argv,
                              commands=("score", "merge"))
     if args.dry_run:
@@ -512,33 +638,25 @@ def main(argv: list[str] | None = None) -> int:
                            for mode in params.get("modes", ["factual"])},
                         "run": {k: v for k, v in params.items() if k not in ScoreConfig.__dataclass_fields__}})
         return 0
-    modes = params.get("modes", [params.get("mode", "factual")])
     out_dir = params.get("out_dir", "outputs/evaluate")
     if args.command == "score":
         model, regressor = load_inputs(params)
-        for mode in modes:
+        for mode in params.get("modes", ["factual"]):
             cfg = ScoreConfig.from_params({**params, "mode": mode})
             path = score_path(out_dir, mode, cfg.chunk, cfg.chunks)
             rows = generate_scores(model, regressor, cfg, path, str(params["model"]), str(params["regressor"]),
-                                   videos_dir=resolve_path(out_dir) / "videos")  # as notebook 03: FID/FVD, GIFs
+                                   videos_dir=resolve_path(out_dir) / "videos")
             print(f"{path}: {len(rows)} rows")
         return 0
-    model_config = load_model_config(local_or_run_id(params["model"]))  # frames and fps; no weights needed
-    for mode in modes:
-        cfg = ScoreConfig.from_params({**params, "mode": mode})
-        chunks = int(params.get("chunks", 1))
-        paths = [score_path(out_dir, mode, c, chunks) for c in range(chunks)]
-        absent = [str(p) for p in paths if not p.exists()]
-        if absent:
-            raise SystemExit(f"missing chunk files (run `score` for them first): {absent}")
-        data = _clips(model_config, cfg)
-        n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
-        expected = [str(name) for name in data.filelist.FileName[:n]]  # every video the chunks were to score
-        scores = merge_scores(paths, cfg.num_noise, expected)
-        merged = atomic_write_csv(scores, resolve_path(out_dir) / f"scores_{mode}.csv", index=False)
-        summary = summarize(scores)
-        print(f"{merged}: {len(scores)} rows; EF MAE avg {summary['avg_mae_gen']:.2f}, "
-              f"selected {summary['best_mae_gen']:.2f}; r(target, regressed) {summary['avg_r_gen']:.2f}")
+    scores = merge_all(params)
+    config = load_model_config(local_or_run_id(params["model"]))
+    with tracking.stage_run("evaluate", params, run_id=params.get("mlflow_run_id"),
+                            experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
+        result = report(scores, config, params)
+    for mode, summary in result.summaries.items():
+        print(f"{mode}: {len(scores[mode])} candidates; EF MAE all {summary['avg_mae_gen']:.2f}, EF-selected "
+              f"{summary['best_mae_gen']:.2f}; r(target, regressed) {summary['avg_r_gen']:.2f}")
+    print(f"evaluation: merged scores in {resolve_path(out_dir)}, MLflow run {run.info.run_id}")
     return 0
 
 

@@ -38,6 +38,35 @@ def ef_scatter(predictions: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def target_scatter(scores: pd.DataFrame) -> sns.FacetGrid:
+    """Regressed vs target EF (score rows with ``GT EF``, ``Gen EF``, ``mode``, ``candidate``), one panel per
+    ``candidate`` set, identity line."""
+    grid = sns.relplot(scores, x="GT EF", y="Gen EF", hue="mode", col="candidate", height=3.2)
+    for ax in grid.axes.flat:
+        ax.axline((50, 50), slope=1, color="grey", lw=0.8)
+    grid.set_axis_labels("target EF (%)", "regressed EF (%)")
+    return grid
+
+
+def plan_histogram(real_efs: np.ndarray, target_efs: np.ndarray, bin_width: float, per_bin: int) -> plt.Figure:
+    """Real TRAIN EFs and the balancing plan's synthetic targets (%), stacked, with the ``per_bin`` line."""
+    hist = pd.concat([pd.DataFrame({"EF": real_efs, "source": "real TRAIN"}),
+                      pd.DataFrame({"EF": target_efs, "source": "planned synthetic"})])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    sns.histplot(hist, x="EF", hue="source", multiple="stack", binwidth=bin_width, binrange=(0, 100), ax=ax)
+    ax.axhline(per_bin, color="grey", lw=0.8, ls="--")
+    return fig
+
+
+def per_bin_mae(frame: pd.DataFrame, bin_width: float) -> plt.Figure:
+    """Mean absolute error per true-EF bin of each regressor variant (columns Bin: lower edge %, error, variant)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    sns.pointplot(frame, x="Bin", y="error", hue="variant", errorbar=None, dodge=0.3, ax=ax)
+    ax.set(xlabel=f"true EF bin (%, width {bin_width:g})", ylabel="MAE (EF points)",
+           title="balanced VAL+TEST: MAE per EF bin")
+    return fig
+
+
 def bland_altman(predictions: pd.DataFrame) -> plt.Figure:
     """Bland-Altman plot: difference (regressed - reference EF) against their mean, with bias and 95 % limits."""
     frame = predictions.assign(mean=(predictions.EF + predictions.EF_pred) / 2,

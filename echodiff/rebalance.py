@@ -18,24 +18,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from echodiff.config import resolve_path
+from echodiff import phantom, plots, preempt, tracking
+from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips, read_filelist
 from echodiff.data.echonet import TRACING_COLUMNS
 from echodiff.data.transforms import resize
 from echodiff.data.variants import bin_of
-from echodiff.data.video import write_video
+from echodiff.data.video import read_video, write_video
 from echodiff.diffusion.sampling import sample
-from echodiff.ef_training import predict
-from echodiff.evaluation import check_resume_settings, read_text_columns, scale_text
+from echodiff.ef_training import EFTrainConfig, predict, train_ef_regressor
+from echodiff.evaluation import check_resume_settings, load_inputs, read_text_columns, scale_text
 from echodiff.io import atomic_write_csv
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import regress_ef
@@ -120,6 +122,11 @@ class GenerateConfig:
     cache_dir: str | None = None
 
 
+def generate_config(params: dict[str, Any]) -> GenerateConfig:
+    """The :class:`GenerateConfig` of stage-04 ``params`` (its keys type-checked; the rest are the study's)."""
+    return settings(GenerateConfig, params, "rebalance parameters")
+
+
 def _anatomy(data: DiffusionClips, target_id: int, seed: int) -> tuple[torch.Tensor, str]:
     """A random frame of a random 2-s window of a random TRAIN video, fixed by (seed, ID)."""
     rng = np.random.default_rng([seed, target_id])
@@ -199,6 +206,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
                          "EstimatedEF": float(estimated[k, int(pick[k])]), **settings})
         done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True) if len(done) else pd.DataFrame(rows)
         atomic_write_csv(done.sort_values("ID"), out_root / "FileList.csv", index=False)
+        preempt.check(f"{out_root / 'FileList.csv'} ({len(done)} videos; the next run keeps them)")
     if not (out_root / "VolumeTracings.csv").exists():  # the format's second file: no tracings for synthetic videos
         atomic_write_csv(pd.DataFrame(columns=TRACING_COLUMNS),
                          out_root / "VolumeTracings.csv", index=False)
@@ -247,3 +255,120 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
     for row in per_bin_metrics(balanced, report_bin_width).itertuples():
         metrics[f"balanced_mae_bin_{int(row.Bin):02d}"] = float(row.mae)
     return predictions, metrics
+
+
+@dataclass
+class StudyConfig:
+    """The rebalancing study's settings beyond generation (:class:`GenerateConfig`); defaults: the seed's study."""
+
+    data_root: str = "data/phantom"  # real EchoNet-format folder: TRAIN histogram, anatomy frames, VAL/TEST scoring
+    bin_width: float = 1.0  # plan bins (%)
+    per_bin: int = 100  # videos wanted per plan bin
+    ef_range: list[float] = field(default_factory=lambda: [10.0, 90.0])  # bins outside are left alone
+    max_targets: int | None = None  # the first N targets of the plan (None: all)
+    variants: list[str] = field(default_factory=lambda: [
+        "reference", "resample_395", "resample_790", "resample_1580", "resample_3950", "resample_7900", "balance_5pb",
+        "balance_10pb", "balance_20pb", "balance_50pb", "balance_100pb", "all_samples"])
+    variant_bin_width: float = 1.0  # bins of balance_Kpb (%)
+    ef_train: dict[str, Any] = field(default_factory=dict)  # EFTrainConfig settings shared by every variant
+    eval_per_bin: int = 10  # balanced VAL+TEST set: at most this many videos per eval_bin_width bin
+    eval_bin_width: float = 1.0
+    report_bin_width: float = 10.0  # per-bin MAE reported in bins this wide
+    seed: int = 0
+    cache_dir: str | None = None
+    out_dir: str = "outputs/rebalance"
+
+
+@dataclass
+class Study:
+    """What the rebalancing stage returns (:func:`run_study`); every part is also logged to its MLflow run."""
+
+    plan: pd.DataFrame  # ID, Bin, TargetEF
+    synthetic: pd.DataFrame  # the synthetic dataset's FileList (TargetEF, EstimatedEF, CondImageFileName, ...)
+    results: pd.DataFrame  # one row per variant: train_videos, {val,test,balanced}_{mae,rmse,r2,r}, per-bin MAE
+    predictions: pd.DataFrame  # every variant's VAL/TEST predictions (variant, Balanced columns)
+    figures: dict[str, Any]  # plan_histogram, synthetic_frames, per_bin_mae
+
+
+def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str = "",
+              progress: bool = True) -> Study:
+    """The rebalancing stage with stage-04 ``params`` (:class:`StudyConfig` and :class:`GenerateConfig` keys):
+    plan, synthetic dataset (cascade ``model``, candidates selected by ``regressor``), one regressor per variant,
+    logged to the active MLflow run (each variant a nested run). Resumable at every step: finished synthetic
+    videos and trained variants are kept under ``out_dir``. Notebook 04, ``python -m echodiff.rebalance`` and
+    ``slurm/rebalance.sbatch`` all call this."""
+    cfg = settings(StudyConfig, params, "rebalance parameters")
+    out = resolve_path(cfg.out_dir)
+    real_efs = train_efs(cfg.data_root)
+    plan = balancing_plan(real_efs, cfg.bin_width, cfg.per_bin, cfg.ef_range, cfg.seed)
+    if cfg.max_targets is not None:
+        plan = plan.head(cfg.max_targets)
+    write_plan(plan, out / "plan.csv")
+    figures = {"plan_histogram": plots.plan_histogram(real_efs, plan.TargetEF.to_numpy(), cfg.bin_width, cfg.per_bin)}
+    tracking.log_table(plan, "plan.csv")
+    tracking.log_figure(figures["plan_histogram"], "plan_histogram.png")
+    mlflow.log_metrics({"train_videos": len(real_efs), "synthetic_targets": len(plan)})
+
+    synthetic_root = out / "synthetic"
+    synthetic = generate_dataset(model, regressor, plan, synthetic_root, generate_config(params), model_id, progress)
+    error = (synthetic.EstimatedEF - synthetic.TargetEF).abs()
+    tracking.log_table(synthetic, "synthetic_FileList.csv")
+    mlflow.log_metrics({"synthetic_videos": len(synthetic), "synthetic_target_mae": float(error.mean())})
+    shown = synthetic.head(3)
+    figures["synthetic_frames"] = plots.frame_grid(
+        [read_video(synthetic_root / "Videos" / f"{name}.avi") for name in shown.FileName],
+        [f"target {t:.0f}%, read {e:.0f}%" for t, e in zip(shown.TargetEF, shown.EstimatedEF, strict=True)])
+    tracking.log_figure(figures["synthetic_frames"], "synthetic_frames.png")
+
+    base = {**cfg.ef_train, "data_root": cfg.data_root, "synthetic_roots": [str(synthetic_root)],
+            "bin_width": cfg.variant_bin_width, "seed": cfg.seed, "cache_dir": cfg.cache_dir}
+    results, predictions = [], []
+    for variant in cfg.variants:
+        train_cfg = EFTrainConfig.for_variant(base, variant)
+        n_train = len(train_cfg.train_dataset())
+        with tracking.child_run(variant, {**vars(train_cfg), "variant": variant}, {"echodiff.variant": variant}):
+            trained, _ = train_ef_regressor(train_cfg, out / "regressors" / variant)
+            preds, scores = evaluate_regressor(trained, train_cfg, cfg.eval_per_bin, cfg.eval_bin_width, cfg.ef_range,
+                                               cfg.report_bin_width, cfg.seed)
+            mlflow.log_metrics({**scores, "train_videos": n_train})
+            tracking.log_table(preds, "predictions.csv")
+        results.append({"variant": variant, "train_videos": n_train, **scores})
+        predictions.append(preds.assign(variant=variant))
+    results_frame, predictions_frame = pd.DataFrame(results), pd.concat(predictions, ignore_index=True)
+    tracking.log_table(results_frame, "variants.csv")
+    tracking.log_table(predictions_frame, "variant_predictions.csv")
+    mlflow.log_metrics({f"{r.variant}_test_mae": r.test_mae for r in results_frame.itertuples()})
+    balanced = predictions_frame[predictions_frame.Balanced]
+    binned = balanced.assign(Bin=bin_of(balanced.EF, cfg.report_bin_width).astype(int),
+                             error=(balanced.EF_pred - balanced.EF).abs())
+    figures["per_bin_mae"] = plots.per_bin_mae(binned, cfg.report_bin_width)
+    tracking.log_figure(figures["per_bin_mae"], "per_bin_mae.png")
+    return Study(plan, synthetic, results_frame, predictions_frame, figures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rebalancing study from a params file (``model``/``regressor``: model folder / checkpoint or the
+    MLflow run ids of stages 02 and 01), in one MLflow ``rebalance`` run -- what notebook 04 runs."""
+    args, params = stage_cli("rebalance", "python -m echodiff.rebalance", __doc__.split("\n\n")[0], argv)
+    if args.dry_run:
+        print_settings({"study": settings(StudyConfig, params, "rebalance parameters"),
+                        "generate": generate_config(params), "run": params})
+        return 0
+    for key in ("model", "regressor"):
+        if params.get(key) is None:
+            raise SystemExit(f"rebalance: `{key}` is required (a model folder / checkpoint or an MLflow run id)")
+    if params.get("make_phantom"):
+        phantom.ensure_phantom(resolve_path(params["data_root"]), int(params.get("phantom_videos", 400)),
+                               int(params.get("phantom_seed", 0)))
+    model, regressor = load_inputs(params)
+    with tracking.stage_run("rebalance", params, run_id=params.get("mlflow_run_id"),
+                            experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
+        study = run_study(model, regressor, params, model_id=str(params["model"]))
+    print(study.results[["variant", "train_videos", "val_mae", "test_mae", "balanced_mae"]].round(2).to_string())
+    print(f"rebalance: study in {resolve_path(params.get('out_dir', 'outputs/rebalance'))}, MLflow run "
+          f"{run.info.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    preempt.run_main(main, "rebalance")

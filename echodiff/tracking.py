@@ -73,12 +73,24 @@ def start_stage(
     setup(experiment)
     if mlflow.active_run() is not None:  # a notebook re-run interactively
         mlflow.end_run()
+    job = os.environ.get("SLURM_JOB_ID")
+    created = run_id is None
+    if created and job:  # a requeued Slurm job carries on in the run its first start opened: one record
+        run_id = requeued_run(stage, job, experiment)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage)
     mlflow.set_tag("echodiff.stage", stage)
-    if run_id is None:  # a run the pipeline created carries the pipeline's process
-        mlflow.set_tags(owner_tags())
+    if created:  # a run the pipeline created carries the pipeline's process
+        mlflow.set_tags({**owner_tags(), **({"echodiff.slurm_job": job} if job else {})})
     log_params(params)
     return run
+
+
+def requeued_run(stage: str, job: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """Id of the unfinished ``stage`` run that Slurm job ``job`` opened before it was requeued, if any."""
+    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"], max_results=1,
+                              filter_string=f"tags.`echodiff.stage` = '{stage}' and tags.`echodiff.slurm_job` = "
+                                            f"'{job}' and attributes.status != 'FINISHED'")
+    return str(runs.run_id.iloc[0]) if len(runs) else None
 
 
 def latest_stage_run(stage: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:

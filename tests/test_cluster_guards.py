@@ -83,6 +83,12 @@ def test_ef_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_ro
     _, resumed = train_ef_regressor(EFTrainConfig(**cfg, epochs=3), tmp_path)
     assert "resuming from the previous one" in capsys.readouterr().out
     assert list(resumed.epoch) == [0, 1, 2]  # epoch 0 from last.1.pt, then 1 and 2 trained again
+    # a chosen checkpoint: last.1.pt (epoch 1) instead of last.pt (epoch 2)
+    _, chosen = train_ef_regressor(EFTrainConfig(**cfg, epochs=3, resume_from=str(tmp_path / "last.1.pt")), tmp_path)
+    assert f"resuming from {tmp_path / 'last.1.pt'} at epoch 2" in capsys.readouterr().out
+    assert list(chosen.epoch) == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match=r"resume_from='last.9.pt'.*is not a file; name a checkpoint"):
+        train_ef_regressor(EFTrainConfig(**cfg, epochs=3, resume_from="last.9.pt"), tmp_path)
     _truncate(tmp_path / "last.pt")
     _truncate(tmp_path / "last.1.pt")
     with pytest.raises(CheckpointError, match=r"last.pt cannot be read .*truncated or corrupt.*resume=False"):
@@ -99,6 +105,13 @@ def test_diffusion_trainer_falls_back_to_the_previous_checkpoint_or_says_why(pha
     trainer, history = train_stage(DiffusionTrainConfig(**cfg, steps=3), tmp_path / "ckpt")
     assert "resuming from the previous one" in capsys.readouterr().out
     assert int(trainer.steps[0]) == 3 and list(history.step) == [1, 2, 3]  # step 1 from trainer.1.pt
+    chosen, last = tmp_path / "ckpt" / "trainer.1.pt", tmp_path / "ckpt" / "trainer.pt"  # steps 2 and 3
+    before = last.read_bytes()
+    train_stage(DiffusionTrainConfig(**cfg, steps=3), tmp_path / "ckpt")
+    assert last.read_bytes() == before  # resumed at step 3 of 3: nothing to train, nothing written
+    trainer, history = train_stage(DiffusionTrainConfig(**cfg, steps=3, resume_from=str(chosen)), tmp_path / "ckpt")
+    assert last.read_bytes() != before  # from step 2 of the chosen file: step 3 trained again and saved
+    assert int(trainer.steps[0]) == 3 and list(history.step) == [1, 2, 3]
     for name in ("trainer.pt", "trainer.1.pt"):
         _truncate(tmp_path / "ckpt" / name, 1000)
     with pytest.raises(CheckpointError, match=r"trainer.pt cannot be read"):

@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +14,9 @@ import yaml
 from PIL import Image
 from test_diffusion import tiny_config
 
-from echodiff import evaluation
+from echodiff import evaluation, tracking
 from echodiff.config import repo_root
-from echodiff.diffusion import CascadeModel, save_model_folder
+from echodiff.diffusion import CascadeModel
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
@@ -218,7 +219,7 @@ def test_score_file_resumes_after_interruption_without_duplicates(phantom_root, 
                               progress=False)
     assert len(calls) == 1  # only the unfinished batch was generated again
     merged = merge_scores([tmp_path / "resumed.csv"], 2)
-    expected = full.sort_values(["FileName", "noise"]).reset_index(drop=True)
+    expected = full.sort_values(["FileName", "noise"]).reset_index(drop=True).drop(columns="seconds")  # wall time
     pd.testing.assert_frame_equal(merged[expected.columns].reset_index(drop=True), expected, check_dtype=False)
     assert len(resumed) == 4
     assert evaluation.regressor_distance(merged, [tmp_path / "resumed.csv"]) == pytest.approx(
@@ -294,21 +295,22 @@ def test_summary_reports_both_judges_side_by_side():
     assert "area_avg_r_gen" not in evaluation.summarize(rows.drop(columns=["Area EF", "Ref Area EF"]))
 
 
-def test_score_chunks_and_merge_on_the_command_line(phantom_root, cascade_and_regressor, tmp_path):
-    """`python -m echodiff.evaluation score|merge` as slurm/evaluate_{chunk,merge}.sbatch run them: two chunks,
-    then a merge that refuses a VAL set with a video missing."""
-    model, regressor = cascade_and_regressor
-    save_model_folder(tmp_path / "model", model)
-    torch.save({"model": regressor.state_dict(), "model_config": regressor.config}, tmp_path / "regressor.pt")
-    params = tmp_path / "evaluate.yaml"
-    params.write_text(yaml.safe_dump({
-        "model": str(tmp_path / "model"), "regressor": str(tmp_path / "regressor.pt"), "data_root": str(phantom_root),
-        "make_phantom": False, "split": "val", "modes": ["factual"], "num_noise": 2, "max_videos": 2,
-        "batch_videos": 2, "chunks": 2, "steps": 2, "churn": 0.0, "cond_scale": 1.0, "lpips": False,
-        "fid_fvd": False, "export_frames": False, "out_dir": str(tmp_path / "out")}))
+def test_chunked_command_line_and_notebook_evaluation_leave_the_same_mlflow_record(saved_models, phantom_root,
+                                                                                    tmp_path):
+    """`python -m echodiff.evaluation score|merge` as slurm/evaluate_{chunk,merge}.sbatch run them (two chunks,
+    then the merge) logs the same metrics, tables, figure and GIFs as notebook 03's in-process route
+    (score_all + report in one run); the merge refuses a VAL set with a video missing."""
+    cascade, regressor = saved_models
+    params = {"model": str(cascade), "regressor": str(regressor), "data_root": str(phantom_root),
+              "make_phantom": False, "split": "val", "modes": ["factual", "counterfactual"], "num_noise": 2,
+              "max_videos": 2, "batch_videos": 1, "chunks": 2, "steps": 2, "churn": 0.0, "cond_scale": 1.0,
+              "lpips": False, "fid_fvd": False, "export_frames": False, "n_gifs": 1, "model_name": "tiny",
+              "experiment": "evaluate-two-ways", "out_dir": str(tmp_path / "cli")}
+    params_file = tmp_path / "evaluate.yaml"
+    params_file.write_text(yaml.safe_dump(params))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "echodiff.evaluation", *args, "-f", str(params)],
+        return subprocess.run([sys.executable, "-m", "echodiff.evaluation", *args, "-f", str(params_file)],
                               capture_output=True, text=True, timeout=600, cwd=repo_root())
 
     for chunk in (0, 1):
@@ -316,9 +318,36 @@ def test_score_chunks_and_merge_on_the_command_line(phantom_root, cascade_and_re
         assert proc.returncode == 0, proc.stderr[-3000:]
     merged = cli("merge")
     assert merged.returncode == 0, merged.stderr[-3000:]
-    scores = pd.read_csv(tmp_path / "out" / "scores_factual.csv")
-    assert len(scores) == 2 * 2 and scores.FileName.nunique() == 2 and "EF MAE avg" in merged.stdout
-    first = tmp_path / "out" / "scores" / "factual_chunk000of002.csv"
+    cli_run = mlflow.get_run(merged.stdout.split("MLflow run ")[-1].strip())
+    scores = pd.read_csv(tmp_path / "cli" / "scores_factual.csv")
+    assert len(scores) == 2 * 2 and scores.FileName.nunique() == 2 and "EF MAE all" in merged.stdout
+
+    here = {**params, "chunks": 1, "out_dir": str(tmp_path / "notebook")}  # the notebook runs every chunk itself
+    model, reg = evaluation.load_inputs(here)
+    with tracking.stage_run("evaluate", here, experiment="evaluate-two-ways") as run:
+        result = evaluation.report(evaluation.score_all(model, reg, here, progress=False), model.config, here)
+    notebook_run = mlflow.get_run(run.info.run_id)
+    assert cli_run.info.status == notebook_run.info.status == "FINISHED"
+    assert set(cli_run.data.metrics) == set(notebook_run.data.metrics) == set(result.metrics())
+    assert {"factual_avg_r_gen", "counterfactual_FD_EFreg", "factual_gen_cardiac_fraction",
+            "counterfactual_mae_first_candidate", "factual_area_avg_mae_gen"} <= set(result.metrics())
+    for key, value in notebook_run.data.metrics.items():
+        assert cli_run.data.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+    def artifacts(run_id: str) -> set[str]:
+        client = mlflow.MlflowClient()
+        return {f.path for top in client.list_artifacts(run_id) for f in
+                (client.list_artifacts(run_id, top.path) if top.is_dir else [top])}
+
+    assert artifacts(cli_run.info.run_id) == artifacts(notebook_run.info.run_id) >= {
+        "paper_table.csv", "judges.csv", "ef_scatter.png", "scores_factual.csv", "scores_counterfactual.csv",
+        f"gifs/{scores.FileName.iloc[0]}.gif"}
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=cli_run.info.run_id, artifact_path="paper_table.csv",
+                                                           dst_path=str(tmp_path / "dl")))
+    assert set(table.Task[table.Model == "tiny"]) == {"Generation", "Reconstruction"}
+    assert (table["Sampling time (s)"][table.Model == "tiny"] > 0).all()
+
+    first = tmp_path / "cli" / "scores" / "factual_chunk000of002.csv"
     rows = pd.read_csv(first)
     rows[rows.FileName != rows.FileName.iloc[0]].to_csv(first, index=False)  # a chunk that lost a video
     partial = cli("merge")

@@ -66,3 +66,15 @@ def test_a_notebook_run_twice_with_its_defaults_trains_twice(tmp_path):
         logs.append(proc.stdout + proc.stderr)
         assert (tmp_path / run / "outputs" / "01_ef_regression" / "defaults" / "last.pt").is_file()
     assert all("epoch 0: train_loss" in log and "resuming from" not in log for log in logs)
+
+
+def test_papermill_with_a_misspelt_parameter_stops_before_any_work(tmp_path):
+    """papermill only warns about a parameter the notebook does not declare; the notebook's own parameter reading
+    (config.notebook_params) makes it an error naming the key and the nearest declared one."""
+    proc = subprocess.run([sys.executable, "-m", "papermill", "notebooks/01_ef_regression.ipynb",
+                           str(tmp_path / "typo.ipynb"), "-p", "epochz", "3"], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, ECHODIFF_OUTPUTS=str(tmp_path / "outputs")),
+                          cwd=repo_root())
+    assert proc.returncode != 0 and "unknown parameter(s) ['epochz']" in proc.stderr, proc.stderr[-2000:]
+    assert "did you mean ['epochs']" in proc.stderr
+    assert not (tmp_path / "outputs" / "01_ef_regression").exists()

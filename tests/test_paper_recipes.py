@@ -165,14 +165,15 @@ def _readme_and_slurm_commands() -> list[list[str]]:
     the usage its header gives (``$1`` etc. filled from that usage)."""
     commands = []
     code = "\n".join(re.findall(r"^```bash\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S))
-    for line in re.findall(r"^.*-m echodiff\.(?:ef_training|diffusion\.training|evaluation) .*$", code, re.M):
+    clis = r"echodiff\.(?:ef_training|diffusion\.training|evaluation|rebalance)"
+    for line in re.findall(r"^.*-m " + clis + r" .*$", code, re.M):
         words = shlex.split(line.split("#")[0].replace("\\", ""))
         start = words.index("-m")
         commands.append(words[start + 1:])
     for script in sorted((REPO / "slurm").glob("*.sbatch")):
         body = script.read_text()
         usage = re.search(r"^#\s+sbatch .*?slurm/" + re.escape(script.name) + r" (.*)$", body, re.M)
-        call = re.search(r"(?:python -m|launch) (echodiff\.(?:ef_training|diffusion\.training|evaluation)) (.*)$",
+        call = re.search(r"(?:python -m|launch) (" + clis + r") (.*)$",
                          body.replace("\\\n", " "), re.M)
         if not (usage and call):
             continue
@@ -187,7 +188,8 @@ def _readme_and_slurm_commands() -> list[list[str]]:
 def test_readme_and_slurm_command_lines_parse_as_written():
     commands = _readme_and_slurm_commands()
     modules = {c[0] for c in commands}
-    assert {"echodiff.ef_training", "echodiff.diffusion.training", "echodiff.evaluation"} <= modules, commands
+    assert {"echodiff.ef_training", "echodiff.diffusion.training", "echodiff.evaluation",
+            "echodiff.rebalance"} <= modules, commands
     assert any("chunk=3" in c for c in commands)  # the cluster evaluation, as slurm/evaluate_chunk.sbatch runs it
     for command in commands:
         done = subprocess.run([sys.executable, "-m", *command, "--dry-run"], cwd=REPO, capture_output=True,

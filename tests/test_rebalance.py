@@ -1,12 +1,18 @@
 """Rebalancing study: the plan, the synthetic EchoNet-format dataset (real AVIs, resumable) and the variants."""
 
+import subprocess
+import sys
+
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from test_diffusion import tiny_config
 
 from echodiff import rebalance
+from echodiff.config import repo_root
 from echodiff.data import EchoNetDynamic, read_video, variants
 from echodiff.data.transforms import resize
 from echodiff.diffusion import CascadeModel
@@ -149,3 +155,45 @@ def test_synthetic_dataset_resumes_with_a_model_id_that_looks_missing(phantom_ro
     first = rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="None", progress=False)
     again = rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="None", progress=False)
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_rebalance_command_line_runs_the_study_in_one_mlflow_run_and_resumes(saved_models, phantom_root, tmp_path):
+    """`python -m echodiff.rebalance -f FILE` (what slurm/rebalance.sbatch runs): plan, synthetic dataset and
+    variants in one `rebalance` run with a nested run per variant; run again, it keeps the finished videos and
+    variants (same CSV, no new generation) and makes a second record of the same numbers."""
+    cascade, regressor = saved_models
+    params = tmp_path / "rebalance.yaml"
+    params.write_text(yaml.safe_dump({
+        "model": str(cascade), "regressor": str(regressor), "data_root": str(phantom_root), "make_phantom": False,
+        "bin_width": 20.0, "per_bin": 4, "max_targets": 3, "num_noise": 2, "steps": 2, "churn": 0.0,
+        "batch_targets": 2, "variants": ["reference", "balance_2pb"], "ef_train": {
+            "frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
+            "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8},
+        "eval_per_bin": 2, "cache_dir": None, "experiment": "rebalance-cli", "out_dir": str(tmp_path / "out")}))
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "echodiff.rebalance", "-f", str(params), *extra],
+                              capture_output=True, text=True, timeout=600, cwd=repo_root())
+
+    done = cli()
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = mlflow.get_run(done.stdout.split("MLflow run ")[-1].strip())
+    assert run.info.status == "FINISHED" and run.data.tags["echodiff.stage"] == "rebalance"
+    assert run.data.metrics["synthetic_videos"] == 3 and "balance_2pb_test_mae" in run.data.metrics
+    children = mlflow.search_runs(experiment_names=["rebalance-cli"],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(children["tags.echodiff.variant"]) == ["balance_2pb", "reference"]
+    assert (children.status == "FINISHED").all() and children["metrics.test_mae"].notna().all()
+    names = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"plan.csv", "synthetic_FileList.csv", "variants.csv", "per_bin_mae.png"} <= names
+    filelist = (tmp_path / "out" / "synthetic" / "FileList.csv").read_text()
+    assert len(EchoNetDynamic(tmp_path / "out" / "synthetic", "train", length=4, period=1, max_length=None)) == 3
+
+    again = cli()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "out" / "synthetic" / "FileList.csv").read_text() == filelist  # kept, not regenerated
+    rerun = mlflow.get_run(again.stdout.split("MLflow run ")[-1].strip())
+    assert rerun.info.run_id != run.info.run_id
+    assert rerun.data.metrics["reference_test_mae"] == pytest.approx(run.data.metrics["reference_test_mae"])
+    typo = cli("varients=[reference]")
+    assert typo.returncode != 0 and "did you mean ['variants']" in typo.stderr

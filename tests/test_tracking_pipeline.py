@@ -36,6 +36,27 @@ def test_failing_stage_body_marks_run_failed(tmp_path):
     assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
 
 
+def test_a_requeued_slurm_job_carries_on_in_its_own_run(monkeypatch):
+    """A stage CLI started again by `scontrol requeue` (same SLURM_JOB_ID) reopens the run its first start left
+    KILLED, under the new process; another job, or a finished run, gets a new run."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run("requeued", {"a": 1}, experiment="requeue-test") as first:
+        raise KeyboardInterrupt  # the time-limit signal, as preempt turns it into an interrupt
+    assert mlflow.get_run(first.info.run_id).info.status == "KILLED"
+    with tracking.stage_run("requeued", {"a": 1}, experiment="requeue-test") as second:
+        pass
+    reopened = mlflow.get_run(second.info.run_id)
+    assert second.info.run_id == first.info.run_id and reopened.info.status == "FINISHED"
+    assert reopened.data.tags["echodiff.slurm_job"] == "4242"
+    assert reopened.data.tags["echodiff.pid"] == str(os.getpid())
+    with tracking.stage_run("requeued", {"a": 1}, experiment="requeue-test") as third:
+        pass
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    with tracking.stage_run("requeued", {"a": 1}, experiment="requeue-test") as fourth:
+        pass
+    assert len({first.info.run_id, third.info.run_id, fourth.info.run_id}) == 3
+
+
 def test_load_params_overrides(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("a: 1\nb: text\n")

@@ -63,6 +63,7 @@ class DiffusionTrainConfig:
     seed: int = 0
     cache_dir: str | None = None
     keep_checkpoints: int = 1  # replaced trainer.pt files kept as trainer.1.pt ... (a resume falls back to them)
+    resume_from: str | None = None  # resume from this checkpoint file (e.g. trainer.2.pt) instead of trainer.pt
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DiffusionTrainConfig:
@@ -73,7 +74,7 @@ class DiffusionTrainConfig:
 
 #: settings that may change when a stage resumes (they do not shape the trained weights)
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every", "val_batches", "num_workers", "cache_dir",
-                     "keep_checkpoints")
+                     "keep_checkpoints", "resume_from")
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -135,23 +136,27 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     path = checkpoint_dir / "trainer.pt"
     history: list[dict[str, float]] = []
     stage_settings: dict[int, dict[str, Any]] = {}  # per stage: the settings it was trained with
-    if resume and path.is_file():
+    source = resolve_path(cfg.resume_from) if cfg.resume_from else path  # the chosen checkpoint, or the last one
+    if cfg.resume_from and not source.is_file():
+        raise FileNotFoundError(f"resume_from={cfg.resume_from!r}: {source} is not a file; name a checkpoint such as "
+                                f"{path} or {path.with_name('trainer.1.pt')}")
+    if resume and source.is_file():
         def load(file: Path) -> dict[str, Any]:  # the cascade config first: other shapes would fail opaquely
             if torch.load(file, map_location="cpu", weights_only=False, mmap=True).get("config") != config:
                 raise CheckpointMismatch(f"{file} was trained with another cascade config than {cfg.model}; use "
                                          "another checkpoint_dir, or resume=False to start over")
             return trainer.load(str(file))
 
-        extra, _ = read_checkpoint(path, load, cfg.keep_checkpoints)
+        extra, _ = read_checkpoint(source, load, 0 if cfg.resume_from else cfg.keep_checkpoints)
         history = list(extra.get("history", []))
         changed = changed_settings(extra.get("settings", {}).get(cfg.stage), dataclasses.asdict(cfg),
                                    RESUMABLE_CHANGES)
         if changed:
-            raise ValueError(f"{path}: stage {cfg.stage} was trained with other settings ({'; '.join(changed)}); "
+            raise ValueError(f"{source}: stage {cfg.stage} was trained with other settings ({'; '.join(changed)}); "
                              "use another checkpoint_dir, pass resume=False to start over, or restore them")
         stage_settings = dict(extra.get("settings", {}))
         set_rng_state(extra["rng"])
-        trainer.print(f"diffusion: resuming stage {cfg.stage} from {path} at step "
+        trainer.print(f"diffusion: resuming stage {cfg.stage} from {source} at step "
                       f"{int(trainer.steps[cfg.stage - 1])}")
     if trainer.accelerator.num_processes > 1 and trainer.accelerator.process_index > 0:
         # same initial weights everywhere (above), but each process draws its own noise levels and noise
@@ -168,7 +173,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
                   f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
                   f"device {trainer.device}")
-    ran, start, pending = 0, time.perf_counter(), []  # pending: history rows not yet logged to MLflow
+    ran, start, pending, saved_at = 0, time.perf_counter(), [], step  # pending: history rows not yet logged
     bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", unit="step", disable=not trainer.is_main,
                mininterval=5.0)
     while step < cfg.steps and (stop_after_steps is None or ran < stop_after_steps):
@@ -198,6 +203,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                     tracking.log_metric_rows(pending)  # one request per checkpoint, not per step
                 pending = []
                 save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
+                saved_at = step
                 preempt.check(f"{path} (stage {cfg.stage}, step {step})")
             if step >= cfg.steps or (stop_after_steps is not None and ran >= stop_after_steps):
                 break
@@ -205,7 +211,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     if trainer.is_main:
         tracking.log_metric_rows(pending)
     if ran:
-        save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
+        if saved_at != step:  # stopped early (stop_after_steps) between checkpoints
+            save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
         trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
     return trainer, pd.DataFrame(history)
 
@@ -303,7 +310,8 @@ def train_stages(plan: list[DiffusionTrainConfig], checkpoint_dir: str | Path,
     """Train the stages of ``plan`` in order in one checkpoint folder (:func:`train_stage`); return the last
     ``ImagenTrainer`` and the history of every stage (with a ``stage`` column)."""
     histories = []
-    for cfg in plan:
+    for i, cfg in enumerate(plan):  # a chosen checkpoint starts the first stage; the next ones follow its file
+        cfg = cfg if i == 0 else dataclasses.replace(cfg, resume_from=None)
         trainer, history = train_stage(cfg, checkpoint_dir, resume=resume)
         histories.append(history.assign(stage=cfg.stage))
     return trainer, pd.concat(histories, ignore_index=True)
