@@ -76,7 +76,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = override(load_cascade_config(args.model), args.set)
     (out / "cascade.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cfg = DiffusionTrainConfig(model=str(out / "cascade.yaml"), stage=1, data_root=args.data_root,
+    cfg = DiffusionTrainConfig(model_config=str(out / "cascade.yaml"), stage=1, data_root=args.data_root,
                                batch_size=args.batch_size, lr=args.lr, steps=args.steps, checkpoint_every=10**9,
                                val_every=10**9, ema_beta=0.99, ema_update_after_step=20, ema_update_every=1,
                                cache_dir="data/cache")

@@ -73,8 +73,8 @@ def run(model, regressor, args, solver: str, steps, churn, seed: int, folder: Pa
     """Score ``--videos`` VAL videos with one sampler setting; return its cost and quality."""
     cfg = evaluation.ScoreConfig(data_root=args.data_root, split="val", mode="counterfactual",
                                  num_noise=args.num_noise, max_videos=args.videos, batch_videos=args.batch_videos,
-                                 solver=solver, steps=steps, churn=churn, cond_scale=args.cond_scale, seed=seed,
-                                 cache_dir=args.cache_dir)
+                                 solver=solver, sample_steps=steps, sample_churn=churn, cond_scale=args.cond_scale,
+                                 seed=seed, cache_dir=args.cache_dir)
     tag = f"{solver}_{steps}_{churn}_{seed}".replace(" ", "")
     csv, videos = folder / f"scores_{tag}.csv", folder / f"videos_{tag}"
     with count_network_evaluations(model) as counts:

@@ -36,7 +36,7 @@ def one(config_path: str, setting: str, stage: int, batch: int, steps: int) -> d
             unet.update(IMAGEN_DEFAULTS)
     cuda = torch.cuda.is_available()
     precision = "bf16" if cuda and setting == "echodiff" else "no"
-    cfg = DiffusionTrainConfig(model=config_path, stage=stage, batch_size=batch, precision=precision)
+    cfg = DiffusionTrainConfig(model_config=config_path, stage=stage, batch_size=batch, precision=precision)
     trainer = make_trainer(config, cfg)
     size, frames = config["imagen"]["image_sizes"][-1], config["frames"]
     clip = torch.rand(batch, video_channels(config), frames, size, size)

@@ -68,8 +68,8 @@ class ScoreConfig:
     chunks: int = 1
     max_videos: int | None = None  # the first N videos of the split (the seed's --max_samples)
     batch_videos: int = 1  # videos per sampling batch (each with num_noise candidates)
-    steps: int | list[int] | None = None  # sampler steps per stage (None: the model config's)
-    churn: float | list[float] | None = None  # S_churn per stage (None: the model config's)
+    sample_steps: int | list[int] | None = None  # sampler steps per stage (None: the model config's)
+    sample_churn: float | list[float] | None = None  # S_churn per stage (None: the model config's)
     solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     cond_scale: float | list[float] = 5.0  # one value, or one per stage
     seed: int = 0
@@ -170,8 +170,9 @@ def scale_text(cond_scale: float | list[float]) -> str:
 
 
 def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, Any]:
-    return {"mode": cfg.mode, "solver": cfg.solver, "steps": "config" if cfg.steps is None else str(cfg.steps),
-            "churn": "config" if cfg.churn is None else str(cfg.churn), "cond_scale": scale_text(cfg.cond_scale),
+    steps, churn = cfg.sample_steps, cfg.sample_churn
+    return {"mode": cfg.mode, "solver": cfg.solver, "steps": "config" if steps is None else str(steps),
+            "churn": "config" if churn is None else str(churn), "cond_scale": scale_text(cfg.cond_scale),
             "model_id": str(model_id), "regressor_id": str(regressor_id)}
 
 
@@ -248,8 +249,8 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         real = torch.stack([c for *_, c, _ in items])
         targets = torch.tensor([t for *_, t in items]).repeat_interleave(cfg.num_noise)
         seed = _seed(cfg.seed, MODES.index(cfg.mode), batch[0])
-        videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
-                        cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver)
+        videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
+                        churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver)
         area_ef, ref_area_ef = _area_efs(judge, data, names, videos, real, model.image_size, cfg.num_noise)
         videos = _to_size(videos, real.shape[-3:])
         real_rep = real.repeat_interleave(cfg.num_noise, 0)

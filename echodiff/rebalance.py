@@ -113,8 +113,8 @@ class GenerateConfig:
     data_root: str = "data/phantom"  # real EchoNet-format folder: the TRAIN anatomy frames
     num_noise: int = 3  # candidates per target; the one whose regressed EF is closest is kept
     cond_scale: float | list[float] = 1.0  # the seed generates its dataset with guidance scale 1; or one per stage
-    steps: Any = None  # sampler steps (one or per stage); None: the model's
-    churn: Any = None  # EDM S_churn (one or per stage); None: the model's
+    sample_steps: Any = None  # sampler steps (one or per stage); None: the model's
+    sample_churn: Any = None  # EDM S_churn (one or per stage); None: the model's
     solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     batch_targets: int = 4  # targets per sampling batch (x num_noise videos); FileList.csv is rewritten after each
     size: int = 112  # written frame size (px), EchoNet-Dynamic's
@@ -173,8 +173,8 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
                           cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
     done = read_synthetic(out_root)
     settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": scale_text(cfg.cond_scale),
-                "Steps": "config" if cfg.steps is None else str(cfg.steps),
-                "Churn": "config" if cfg.churn is None else str(cfg.churn), "Solver": cfg.solver}
+                "Steps": "config" if cfg.sample_steps is None else str(cfg.sample_steps),
+                "Churn": "config" if cfg.sample_churn is None else str(cfg.sample_churn), "Solver": cfg.solver}
     check_resume_settings(done, settings, out_root / "FileList.csv")
     known = set(done.ID.astype(int)) if len(done) else set()
     dupes = plan.ID[plan.ID.duplicated()].tolist()
@@ -189,8 +189,9 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
         anatomy = torch.stack([a for a, _ in items]).repeat_interleave(cfg.num_noise, 0)
         targets = torch.tensor(batch.TargetEF.to_numpy(float), dtype=torch.float32).repeat_interleave(cfg.num_noise)
         noise_seed = int(np.random.default_rng([cfg.seed, ids[0], 1]).integers(2**31))
-        videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.steps, churn=cfg.churn,
-                        cond_scale=cfg.cond_scale, seed=noise_seed, device=device, solver=cfg.solver)
+        videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
+                        churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=noise_seed, device=device,
+                        solver=cfg.solver)
         estimated = regress_ef(regressor, videos, fps).reshape(len(ids), cfg.num_noise)
         pick = (estimated - targets.reshape(len(ids), cfg.num_noise)).abs().argmin(1)
         rows = []

@@ -98,7 +98,7 @@ def test_ef_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_ro
 def test_diffusion_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_root, tmp_path, capsys):
     cascade = tmp_path / "tiny.yaml"
     cascade.write_text(yaml.safe_dump(_tiny_cascade(channels=1)))
-    cfg = dict(model=str(cascade), data_root=str(phantom_root), batch_size=2, checkpoint_every=1, val_every=10,
+    cfg = dict(model_config=str(cascade), data_root=str(phantom_root), batch_size=2, checkpoint_every=1, val_every=10,
                val_batches=1, precision="no", seed=1)
     train_stage(DiffusionTrainConfig(**cfg, steps=2), tmp_path / "ckpt")
     _truncate(tmp_path / "ckpt" / "trainer.pt", 1000)
@@ -122,7 +122,7 @@ def test_a_score_chunk_stops_after_its_batch_when_asked_and_resumes(phantom_root
     torch.manual_seed(0)
     model = CascadeModel(_tiny_cascade()).eval()
     regressor = EFRegressor(4, bias=50.0).eval()
-    cfg = evaluation.ScoreConfig(data_root=str(phantom_root), max_videos=2, batch_videos=1, steps=2)
+    cfg = evaluation.ScoreConfig(data_root=str(phantom_root), max_videos=2, batch_videos=1, sample_steps=2)
     out = tmp_path / "scores.csv"
     stop = tmp_path / "stop"
     stop.touch()

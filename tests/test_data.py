@@ -156,6 +156,25 @@ def test_video_cache_decodes_once(phantom_root, tmp_path):
     assert len(list((tmp_path / "cache2").glob("*.npy"))) == 1
 
 
+def test_a_cache_that_would_fill_its_disk_is_refused_before_any_decoding(phantom_root, tmp_path, monkeypatch):
+    """FileList.csv's frame counts give the decoded size of the videos not cached yet; a disk without room for them
+    is an error naming both sizes and the fixes, raised when the loader is built, not hours into an epoch."""
+    import shutil as shutil_module
+
+    from echodiff.data import CacheSpaceError
+
+    data = EchoNetDynamic(phantom_root, "val", cache=tmp_path / "cache")
+    frames = pd.read_csv(phantom_root / "FileList.csv").query("Split == 'VAL'").NumberOfFrames.sum()
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr("echodiff.data.video.shutil.disk_usage",
+                        lambda path: usage._replace(free=int(frames * 112 * 112 * 3 + 2**30 - 1)))
+    with pytest.raises(CacheSpaceError, match=r"needs 0\.\d GiB more for these \d+ videos.*cache_dir to null"):
+        EchoNetDynamic(phantom_root, "val", cache=tmp_path / "cache")
+    for i in range(len(data)):  # once every video is cached, nothing more is needed
+        data[i]
+    EchoNetDynamic(phantom_root, "val", cache=tmp_path / "cache")
+
+
 # -- bad input -----------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ def cascade_file(tmp_path):
 
 
 def _cfg(cascade_file, root, **overrides):
-    values = dict(model=str(cascade_file), data_root=str(root), batch_size=2, steps=4, checkpoint_every=1,
+    values = dict(model_config=str(cascade_file), data_root=str(root), batch_size=2, steps=4, checkpoint_every=1,
                   val_every=2, val_batches=1, ema_beta=0.9, ema_update_after_step=0, ema_update_every=1, seed=5)
     return DiffusionTrainConfig(**{**values, **overrides})
 

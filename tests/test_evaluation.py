@@ -194,7 +194,7 @@ def test_score_file_resumes_after_interruption_without_duplicates(phantom_root, 
                                                                    monkeypatch):
     model, regressor = cascade_and_regressor
     cfg = ScoreConfig(data_root=str(phantom_root), mode="counterfactual", num_noise=2, max_videos=2,
-                      batch_videos=1, steps=2, seed=5)
+                      batch_videos=1, sample_steps=2, seed=5)
     full = generate_scores(model, regressor, cfg, tmp_path / "full.csv", model_id="m", regressor_id="r",
                            progress=False)
     assert len(full) == 4 and set(full.columns) >= set(evaluation.SCORE_COLUMNS + evaluation.RUN_COLUMNS)
@@ -235,7 +235,7 @@ def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade
 
     model, regressor = cascade_and_regressor
     cfg = ScoreConfig(data_root=str(phantom_root), mode="factual", num_noise=2, max_videos=2, batch_videos=2,
-                      steps=2, chunk=1, chunks=2)
+                      sample_steps=2, chunk=1, chunks=2)
     scores = generate_scores(model, regressor, cfg, tmp_path / "s.csv", videos_dir=tmp_path / "videos",
                              progress=False)
     filelist = pd.read_csv(phantom_root / "FileList.csv")
@@ -250,7 +250,7 @@ def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade
 
 def test_settings_that_look_missing_still_match_on_resume(phantom_root, cascade_and_regressor, tmp_path):
     model, regressor = cascade_and_regressor  # "None" and "NA" are read back as text, not as missing values
-    cfg = ScoreConfig(data_root=str(phantom_root), num_noise=1, max_videos=1, steps=2, seed=1)
+    cfg = ScoreConfig(data_root=str(phantom_root), num_noise=1, max_videos=1, sample_steps=2, seed=1)
     first = generate_scores(model, regressor, cfg, tmp_path / "s.csv", model_id="None", regressor_id="NA",
                             progress=False)
     again = generate_scores(model, regressor, cfg, tmp_path / "s.csv", model_id="None", regressor_id="NA",
@@ -303,9 +303,9 @@ def test_chunked_command_line_and_notebook_evaluation_leave_the_same_mlflow_reco
     cascade, regressor = saved_models
     params = {"model": str(cascade), "regressor": str(regressor), "data_root": str(phantom_root),
               "make_phantom": False, "split": "val", "modes": ["factual", "counterfactual"], "num_noise": 2,
-              "max_videos": 2, "batch_videos": 1, "chunks": 2, "steps": 2, "churn": 0.0, "cond_scale": 1.0,
-              "lpips": False, "fid_fvd": False, "export_frames": False, "n_gifs": 1, "model_name": "tiny",
-              "experiment": "evaluate-two-ways", "out_dir": str(tmp_path / "cli")}
+              "max_videos": 2, "batch_videos": 1, "chunks": 2, "sample_steps": 2, "sample_churn": 0.0,
+              "cond_scale": 1.0, "lpips": False, "fid_fvd": False, "export_frames": False, "n_gifs": 1,
+              "model_name": "tiny", "experiment": "evaluate-two-ways", "out_dir": str(tmp_path / "cli")}
     params_file = tmp_path / "evaluate.yaml"
     params_file.write_text(yaml.safe_dump(params))
 

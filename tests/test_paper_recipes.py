@@ -75,7 +75,7 @@ def test_training_recipes_use_the_seeds_values(recipe):
     params = stage_params("diffusion", f"params/paper/diffusion_{recipe}.yaml")
     batch, stage = SEED_TRAINING[recipe]
     name = recipe.split("_")[0]
-    assert params["model"] == f"params/diffusion/{name}.yaml" and params["stage"] == stage
+    assert params["model_config"] == f"params/diffusion/{name}.yaml" and params["stage"] == stage
     cfg = DiffusionTrainConfig.from_params(params)
     assert cfg.batch_size == batch and cfg.ignore_time == 0.25 and cfg.lr == float(_original(name)["trainer"]["lr"])
     assert cfg.precision == "no"  # ImagenTrainer(**config.trainer) got no precision: fp32
@@ -96,8 +96,8 @@ def test_ef_reference_recipe_trains_on_the_first_window():
 def test_evaluation_recipes_use_the_seeds_values(name):
     params = stage_params("evaluate", f"params/paper/evaluate_{name}.yaml")
     cfg = evaluation.ScoreConfig.from_params({**params, "mode": "counterfactual"})
-    assert (cfg.num_noise, cfg.cond_scale, cfg.chunks, cfg.max_videos, cfg.steps, cfg.churn, cfg.split) == (
-        3, 5.0, 8, None, None, None, "val")
+    assert (cfg.num_noise, cfg.cond_scale, cfg.chunks, cfg.max_videos, cfg.sample_steps, cfg.sample_churn,
+            cfg.split) == (3, 5.0, 8, None, None, None, "val")
     assert params["data_root"] == "data/EchoNet-Dynamic" and not params["make_phantom"]
 
 
@@ -207,7 +207,7 @@ def test_resuming_with_other_settings_is_refused(phantom_root, tmp_path):
         train_ef_regressor(EFTrainConfig(**{**tiny, "epochs": 3, "lr": 1e-2}), tmp_path / "ef")
     cascade = tmp_path / "tiny.yaml"
     cascade.write_text(yaml.safe_dump(_tiny_cascade()))
-    cfg = dict(model=str(cascade), data_root=str(phantom_root), batch_size=2, steps=1, checkpoint_every=1,
+    cfg = dict(model_config=str(cascade), data_root=str(phantom_root), batch_size=2, steps=1, checkpoint_every=1,
                val_every=10, val_batches=1, precision="no", seed=1)
     train_stage(DiffusionTrainConfig(**cfg), tmp_path / "diffusion")
     train_stage(DiffusionTrainConfig(**{**cfg, "steps": 2}), tmp_path / "diffusion")  # more steps: a resume
@@ -238,8 +238,8 @@ def test_a_folder_in_the_original_release_layout_samples_and_evaluates(phantom_r
     (folder / "config.yaml").write_text(original)  # as is
     model = load_model_folder(folder)
     regressor = EFRegressor(4, bias=50.0).eval()
-    cfg = evaluation.ScoreConfig(data_root=str(phantom_root), mode="counterfactual", max_videos=1, steps=2,
-                                 churn=0.0, cond_scale=1.0)  # one network pass per step
+    cfg = evaluation.ScoreConfig(data_root=str(phantom_root), mode="counterfactual", max_videos=1, sample_steps=2,
+                                 sample_churn=0.0, cond_scale=1.0)  # one network pass per step
     rows = evaluation.generate_scores(model, regressor, cfg, tmp_path / "scores.csv", str(folder), "tiny",
                                       videos_dir=tmp_path / "videos")
     assert len(rows) == 1 and 15 <= float(rows["GT EF"].iloc[0]) <= 85 and rows["Gen EF"].notna().all()

@@ -63,7 +63,7 @@ def test_synthetic_dataset_reads_back_and_resumes_without_duplicates(phantom_roo
                                                                     monkeypatch):
     model, regressor = cascade_and_regressor
     plan = pd.DataFrame({"ID": [0, 1, 2], "Bin": [10.0, 20.0, 80.0], "TargetEF": [10.4, 20.7, 80.2]})
-    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=2, batch_targets=2, steps=2, size=32,
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=2, batch_targets=2, sample_steps=2, size=32,
                                    seed=7)
     full = rebalance.generate_dataset(model, regressor, plan, tmp_path / "full", cfg, progress=False)
 
@@ -98,7 +98,8 @@ def test_the_feedback_loop_keeps_the_candidate_read_closest_to_its_target(phanto
                                                                           tmp_path, monkeypatch):
     model, regressor = cascade_and_regressor
     plan = pd.DataFrame({"ID": [0, 1], "Bin": [20.0, 70.0], "TargetEF": [25.0, 75.0]})
-    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=3, batch_targets=2, steps=2, size=32, seed=3)
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=3, batch_targets=2, sample_steps=2, size=32,
+                                   seed=3)
     seen = {}
 
     def judged(_regressor, videos, fps):  # candidates read as target + offset: the 3rd, then the 2nd, is closest
@@ -120,7 +121,7 @@ def test_regressor_variants_train_on_their_pooled_sets(phantom_root, cascade_and
     model, regressor = cascade_and_regressor
     plan = rebalance.balancing_plan(rebalance.train_efs(phantom_root), bin_width=20.0, per_bin=5,
                                     ef_range=(10, 90), seed=0).head(4)
-    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=4, steps=2, size=32)
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=4, sample_steps=2, size=32)
     rebalance.generate_dataset(model, regressor, plan, tmp_path / "synthetic", cfg, progress=False)
     params = dict(data_root=str(phantom_root), synthetic_roots=[str(tmp_path / "synthetic")], frames=4, fps=8,
                   image_size=16, width=4, batch_size=4, epochs=1, mixed_precision="no", num_workers=0, bias=None,
@@ -138,7 +139,7 @@ def test_regressor_variants_train_on_their_pooled_sets(phantom_root, cascade_and
 def test_synthetic_dataset_refuses_to_mix_generators(phantom_root, cascade_and_regressor, tmp_path):
     model, regressor = cascade_and_regressor
     plan = pd.DataFrame({"ID": [0, 1], "Bin": [10.0, 20.0], "TargetEF": [10.4, 20.7]})
-    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, steps=2, size=32)
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, sample_steps=2, size=32)
     rebalance.generate_dataset(model, regressor, plan.head(1), tmp_path / "s", cfg, model_id="run-a", progress=False)
     with pytest.raises(ValueError, match="made with Model=\\['run-a'\\], not 'run-b'"):
         rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="run-b", progress=False)
@@ -151,7 +152,7 @@ def test_synthetic_dataset_refuses_to_mix_generators(phantom_root, cascade_and_r
 def test_synthetic_dataset_resumes_with_a_model_id_that_looks_missing(phantom_root, cascade_and_regressor, tmp_path):
     model, regressor = cascade_and_regressor
     plan = pd.DataFrame({"ID": [0], "Bin": [10.0], "TargetEF": [10.4]})
-    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, steps=2, size=32)
+    cfg = rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=1, batch_targets=1, sample_steps=2, size=32)
     first = rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="None", progress=False)
     again = rebalance.generate_dataset(model, regressor, plan, tmp_path / "s", cfg, model_id="None", progress=False)
     pd.testing.assert_frame_equal(first, again)
@@ -165,7 +166,7 @@ def test_rebalance_command_line_runs_the_study_in_one_mlflow_run_and_resumes(sav
     params = tmp_path / "rebalance.yaml"
     params.write_text(yaml.safe_dump({
         "model": str(cascade), "regressor": str(regressor), "data_root": str(phantom_root), "make_phantom": False,
-        "bin_width": 20.0, "per_bin": 4, "max_targets": 3, "num_noise": 2, "steps": 2, "churn": 0.0,
+        "bin_width": 20.0, "per_bin": 4, "max_targets": 3, "num_noise": 2, "sample_steps": 2, "sample_churn": 0.0,
         "batch_targets": 2, "variants": ["reference", "balance_2pb"], "ef_train": {
             "frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
             "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8},

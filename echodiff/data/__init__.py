@@ -10,9 +10,9 @@ from echodiff.data.echonet import (
     read_tracings,
     trace_mask,
 )
-from echodiff.data.video import VideoCache, VideoError, read_video, write_video
+from echodiff.data.video import CacheSpaceError, VideoCache, VideoError, read_video, write_video
 
 __all__ = [
-    "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
+    "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
     "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "write_video",
 ]

@@ -251,6 +251,10 @@ class EchoNetDynamic(torch.utils.data.Dataset):
             warnings.warn(f"{self.root}: skipped {len(problems)} invalid row(s) of split {self.split}; "
                           "see .skipped", stacklevel=2)
         self.filelist = filelist.drop(index=[i for i, _ in problems]).reset_index(drop=True)
+        if self.cache is not None:
+            sizes = 3 * np.prod([pd.to_numeric(self.filelist[c], errors="coerce").fillna(0).to_numpy(float)
+                                 for c in ("NumberOfFrames", "FrameHeight", "FrameWidth")], axis=0)  # uint8 RGB
+            self.cache.check_space([self.root / "Videos" / f"{n}.avi" for n in self.filelist.FileName], list(sizes))
         self.mean = self._stat(mean, "mean")
         self.std = self._stat(std, "std")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,10 @@ import numpy as np
 import torch
 
 from echodiff.io import atomic_path
+
+
+class CacheSpaceError(OSError):
+    """The decoded-video cache would not fit on its disk."""
 
 
 class VideoError(ValueError):
@@ -148,6 +153,19 @@ class VideoCache:
         stat = path.stat()
         key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         return self.directory / f"{path.stem}-{key}.npy"
+
+    def check_space(self, videos: list[Path], decoded_bytes: list[float], headroom: float = 2**30) -> None:
+        """Refuse to start filling the cache when the ``videos`` not cached yet (``decoded_bytes`` each, e.g. from
+        FileList.csv's frame counts and sizes) would not fit on its disk with ``headroom`` bytes to spare: a disk
+        that fills mid-epoch kills a loader worker hours into a job. Raises :class:`CacheSpaceError`."""
+        needed = sum(b for v, b in zip(videos, decoded_bytes, strict=True) if v.is_file() and not self._entry(v).exists())
+        free = shutil.disk_usage(self.directory).free
+        if needed + headroom > free:
+            raise CacheSpaceError(
+                f"{self.directory}: the decoded-video cache needs {needed / 2**30:.1f} GiB more for these "
+                f"{len(videos)} videos, but its disk has {free / 2**30:.1f} GiB free (EchoNet-Dynamic decodes to "
+                "about 50 GiB). Point cache_dir at a bigger disk (e.g. node-local scratch), or set cache_dir to "
+                "null to decode the AVIs every epoch.")
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
         """uint8 ``(3, T, H, W)`` of ``path``, decoded on the first call and memory-mapped afterwards."""

@@ -43,7 +43,7 @@ from echodiff.rng import rng_state, seed_everything, set_rng_state
 class DiffusionTrainConfig:
     """One stage's training run (batch sizes in videos, steps in optimizer updates)."""
 
-    model: str = "params/diffusion/demo.yaml"  # the cascade's config file
+    model_config: str = "params/diffusion/demo.yaml"  # the cascade's architecture config file
     stage: int = 1  # 1-based, as the seed's --stage
     data_root: str = "data/phantom"
     batch_size: int = 4  # per process (the seed's --bs)
@@ -109,7 +109,7 @@ def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
     imagen_pytorch = import_imagen()
     cascade = CascadeModel(config)
     if not 1 <= cfg.stage <= cascade.num_stages:
-        raise ValueError(f"stage {cfg.stage} does not exist: {cfg.model} has {cascade.num_stages} stage(s)")
+        raise ValueError(f"stage {cfg.stage} does not exist: {cfg.model_config} has {cascade.num_stages} stage(s)")
     precision = cfg.precision if compute_device().type == "cuda" else "no"
     return imagen_pytorch.ImagenTrainer(
         imagen=cascade.imagen, lr=cfg.lr, use_ema=True, only_train_unet_number=cfg.stage,
@@ -128,7 +128,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     resume later).
     """
     checkpoint_dir = resolve_path(checkpoint_dir)
-    config = load_cascade_config(cfg.model)
+    config = load_cascade_config(cfg.model_config)
     seed_everything(cfg.seed)  # before building: the initial weights are part of the run
     trainer = make_trainer(config, cfg)
     kind = config.get("ef_embedding", "ef_flag")
@@ -143,14 +143,16 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     if resume and source.is_file():
         def load(file: Path) -> dict[str, Any]:  # the cascade config first: other shapes would fail opaquely
             if torch.load(file, map_location="cpu", weights_only=False, mmap=True).get("config") != config:
-                raise CheckpointMismatch(f"{file} was trained with another cascade config than {cfg.model}; use "
+                raise CheckpointMismatch(f"{file} was trained with another cascade config than {cfg.model_config}; use "
                                          "another checkpoint_dir, or resume=False to start over")
             return trainer.load(str(file))
 
         extra, _ = read_checkpoint(source, load, 0 if cfg.resume_from else cfg.keep_checkpoints)
         history = list(extra.get("history", []))
-        changed = changed_settings(extra.get("settings", {}).get(cfg.stage), dataclasses.asdict(cfg),
-                                   RESUMABLE_CHANGES)
+        saved = extra.get("settings", {}).get(cfg.stage)
+        if saved is not None and "model" in saved:  # written before `model` was renamed `model_config`
+            saved = {("model_config" if k == "model" else k): v for k, v in saved.items()}
+        changed = changed_settings(saved, dataclasses.asdict(cfg), RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"{source}: stage {cfg.stage} was trained with other settings ({'; '.join(changed)}); "
                              "use another checkpoint_dir, pass resume=False to start over, or restore them")
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli("diffusion", "python -m echodiff.diffusion.training", main.__doc__, argv)
     checkpoint_dir = params.get("checkpoint_dir", "outputs/diffusion")
     plan = stage_configs(params)
-    config = load_cascade_config(plan[0].model)
+    config = load_cascade_config(plan[0].model_config)
     if args.dry_run:
         print_settings({**{f"stage{cfg.stage}": cfg for cfg in plan}, "checkpoint_dir": checkpoint_dir,
                         "cascade": config})
