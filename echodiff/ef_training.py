@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
-from echodiff import preempt, tracking
+from echodiff import phantom, plots, preempt, tracking
 from echodiff.config import changed_settings, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_filelist
 from echodiff.data.transforms import resize
@@ -322,26 +323,64 @@ def load_regressor(source: str | Path) -> EFRegressor:
     return regressor_from_checkpoint(load_checkpoint(local), f"run {source}").eval()
 
 
+@dataclass
+class EFStage:
+    """What stage 01 returns (:func:`run_stage`); the main process also logged it to the active MLflow run."""
+
+    model: EFRegressor  # best on VAL
+    history: pd.DataFrame  # one row per epoch
+    predictions: pd.DataFrame  # VAL and TEST: FileName, Split, EF, EF_pred
+    metrics: dict[str, float]  # {val,test}_{mae,rmse,r2} with bootstrap CIs, train_seconds
+    figures: dict[str, Any]  # ef_scatter, bland_altman
+
+
+def run_stage(params: dict[str, Any]) -> EFStage | None:
+    """Stage 01 with its parameters: train (or resume) the regressor in ``checkpoint_dir``, score VAL and TEST
+    with bootstrap intervals, and log metrics, predictions, history, figures, ``best.pt`` and the model (registered
+    as ``registered_name`` unless None) to the active MLflow run. Notebook 01 and ``python -m
+    echodiff.ef_training`` both call this; under ``accelerate launch`` the other processes only train (None)."""
+    cfg = EFTrainConfig.from_params(params)
+    checkpoint_dir = resolve_path(params.get("checkpoint_dir", "outputs/ef_regression"))
+    start = time.perf_counter()
+    model, history = train_ef_regressor(cfg, checkpoint_dir, resume=bool(params.get("resume", True)))
+    if not PartialState().is_main_process:
+        return None
+    predictions = pd.concat([predict(model, cfg, split) for split in ("val", "test")], ignore_index=True)
+    metrics = {**split_metrics(predictions, int(params.get("bootstrap", 1000))),
+               "train_seconds": time.perf_counter() - start}
+    figures = {"ef_scatter": plots.ef_scatter(predictions), "bland_altman": plots.bland_altman(predictions)}
+    mlflow.log_metrics(metrics)
+    tracking.log_table(predictions, "predictions.csv")
+    tracking.log_table(history, "history.csv")
+    for name, figure in figures.items():
+        tracking.log_figure(figure, f"{name}.png")
+    tracking.log_file(checkpoint_dir / "best.pt", "checkpoints")
+    example = np.zeros((1, 3, cfg.frames, cfg.image_size, cfg.image_size), np.float32)  # (B, C, T, H, W) in [0, 1]
+    tracking.log_torch_model(model, example, "model", params.get("registered_name"))
+    return EFStage(model, history, predictions, metrics, figures)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train, evaluate and log one regressor from a params file (the CLI for ``accelerate launch``)."""
+    """Train, evaluate and log one regressor from a params file (the CLI for ``accelerate launch``): what
+    notebook 01 does, in one MLflow run."""
     args, params = stage_cli("ef_regression", "python -m echodiff.ef_training", __doc__.split("\n\n")[0], argv)
     cfg = EFTrainConfig.from_params(params)
-    checkpoint_dir = params.get("checkpoint_dir", "outputs/ef_regression")
     if args.dry_run:
-        print_settings({"train": cfg, "checkpoint_dir": checkpoint_dir,
+        print_settings({"train": cfg, "checkpoint_dir": params.get("checkpoint_dir", "outputs/ef_regression"),
                         "run": {k: v for k, v in params.items() if k not in cfg.__dataclass_fields__}})
         return 0
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if not accelerator.is_main_process:
-        train_ef_regressor(cfg, checkpoint_dir)
+    if params.get("make_phantom"):
+        phantom.ensure_phantom(resolve_path(cfg.data_root), int(params.get("phantom_videos", 400)),
+                               int(params.get("phantom_seed", 0)))
+    Accelerator(cpu=not torch.cuda.is_available())  # the process group, before anything asks who is main
+    if not PartialState().is_main_process:
+        run_stage(params)
         return 0
-    with tracking.stage_run(params.get("run_name", "ef_regression"), params) as run:
-        model, _ = train_ef_regressor(cfg, checkpoint_dir)
-        predictions = pd.concat([predict(model, cfg, s) for s in ("val", "test")])
-        mlflow.log_metrics(split_metrics(predictions))
-        tracking.log_table(predictions, "predictions.csv")
-        tracking.log_file(resolve_path(checkpoint_dir) / "best.pt", "checkpoints")
-    print(f"ef_training: run {run.info.run_id}")
+    with tracking.stage_run(params.get("run_name", "ef_regression"), params, run_id=params.get("mlflow_run_id"),
+                            experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
+        result = run_stage(params)
+    print(f"ef_training: TEST MAE {result.metrics['test_mae']:.2f}, R2 {result.metrics['test_r2']:.3f}; "
+          f"MLflow run {run.info.run_id}")
     return 0
 
 

@@ -67,6 +67,12 @@ def per_bin_mae(frame: pd.DataFrame, bin_width: float) -> plt.Figure:
     return fig
 
 
+def loss_curves(history: pd.DataFrame) -> plt.Figure:
+    """Training loss per optimizer step, one panel per cascade stage (columns step, train_loss, stage)."""
+    return sns.relplot(history, x="step", y="train_loss", col="stage", kind="line", height=2.6,
+                       facet_kws={"sharey": False}).figure
+
+
 def bland_altman(predictions: pd.DataFrame) -> plt.Figure:
     """Bland-Altman plot: difference (regressed - reference EF) against their mean, with bias and 95 % limits."""
     frame = predictions.assign(mean=(predictions.EF + predictions.EF_pred) / 2,

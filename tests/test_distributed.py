@@ -99,5 +99,7 @@ def test_diffusion_trainer_two_processes_match_one_with_the_same_global_batch(ph
     assert (wa - wb).norm() < 0.6 * (wa - init).norm()
     assert 0.8 < float((wb - init).norm() / (wa - init).norm()) < 1.25
     assert len(runs(tmp_path / "store2")) == 1 and two.count("diffusion: model in") == 1
-    # one process writes: 4 steps, checkpoint_every 100, so one save at the last step (and no temporary leftovers)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "trainer.pt"]
+    # one process writes: 4 steps, checkpoint_every 100, so one save at the last step (and no temporary leftovers),
+    # then samples the GIFs notebook 02 makes (n_samples defaults to 2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "sample_0.gif", "sample_1.gif",
+                                                                    "trainer.pt"]

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from echodiff import preempt, tracking
+from echodiff import phantom, plots, preempt, tracking
 from echodiff.config import changed_settings, load_params, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
@@ -32,9 +32,11 @@ from echodiff.diffusion.imagen import (
     cascade_config,
     ef_embedding,
     import_imagen,
+    load_model_folder,
     save_model_folder,
     training_target,
 )
+from echodiff.diffusion.sampling import sample
 from echodiff.io import CheckpointMismatch, read_checkpoint, rotate_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
 
@@ -319,33 +321,83 @@ def train_stages(plan: list[DiffusionTrainConfig], checkpoint_dir: str | Path,
     return trainer, pd.concat(histories, ignore_index=True)
 
 
+@dataclass
+class DiffusionStage:
+    """What stage 02 returns (:func:`run_stage`); the main process also logged it to the active MLflow run."""
+
+    model_dir: Path  # the exported model folder (config.yaml + merged.pt)
+    history: pd.DataFrame  # per step: train_loss, val_loss (every val_every), lr, stage
+    gifs: list[Path]  # per VAL anatomy: anatomy | real clip | one video per sample EF
+    figures: dict[str, Any]  # loss
+
+
+def sample_gifs(model_dir: Path, params: dict[str, Any], out: Path) -> list[Path]:
+    """``n_samples`` VAL anatomy frames of ``data_root``, each sampled at every ``sample_efs`` target (seed =
+    the anatomy's index), as GIFs in ``out``: anatomy | real clip | the generated videos."""
+    cascade = load_model_folder(model_dir)
+    config = cascade.config
+    val = DiffusionClips(resolve_path(params["data_root"]), "val", frames=config["frames"], fps=config["fps"])
+    efs, gifs = list(params.get("sample_efs", [25.0, 70.0])), []
+    for i in range(min(int(params.get("n_samples", 2)), len(val))):
+        torch.manual_seed(i)
+        anatomy, ef, clip = val[i]
+        small = resize(anatomy[None], cascade.image_size).expand(len(efs), -1, -1, -1)
+        videos = sample(cascade, small, efs, steps=params.get("sample_steps"), churn=params.get("sample_churn"),
+                        cond_scale=params.get("cond_scale", 5.0), seed=i)
+        row = [anatomy[:, None].numpy(), clip.numpy(), *videos.numpy()]
+        gifs.append(plots.video_row_gif(row, out / f"sample_{i}.gif", fps=config["fps"]))
+        print(f"sample_{i}.gif: anatomy | real (EF {float(ef):.0f}%) | " + " | ".join(f"EF {e:.0f}%" for e in efs))
+    return gifs
+
+
+def run_stage(params: dict[str, Any]) -> DiffusionStage | None:
+    """Stage 02 with its parameters: train the listed stages in ``checkpoint_dir`` (resuming), export the model
+    folder, sample GIFs, and log the model folder (registered as ``registered_name`` unless None), the history,
+    the loss curves and the GIFs to the active MLflow run. Notebook 02 and ``python -m
+    echodiff.diffusion.training`` both call this; under ``accelerate launch`` the other processes only train."""
+    checkpoint_dir = resolve_path(params.get("checkpoint_dir", "outputs/diffusion"))
+    plan = stage_configs(params)
+    trainer, history = train_stages(plan, checkpoint_dir, resume=bool(params.get("resume", True)))
+    folder = export_model(trainer, load_cascade_config(plan[0].model_config), checkpoint_dir / "model")
+    if not trainer.is_main:
+        return None
+    gifs = sample_gifs(folder, params, checkpoint_dir) if params.get("n_samples", 2) else []
+    figures = {"loss": plots.loss_curves(history)}
+    tracking.log_file(folder / "config.yaml", "model")
+    tracking.log_file(folder / "merged.pt", "model")
+    if params.get("registered_name"):  # the model folder, a new version in the registry
+        tracking.register_artifact("model", params["registered_name"])
+    for gif in gifs:
+        tracking.log_file(gif, "samples")
+    tracking.log_table(history, "history.csv")
+    tracking.log_figure(figures["loss"], "loss.png")
+    return DiffusionStage(folder, history, gifs, figures)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train the listed stages from a params file and export the model folder (the CLI for ``accelerate
-    launch`` on GPU nodes; the notebook does the same on one process)::
+    """Train the listed stages from a params file, export and log the model folder: what notebook 02 does (the
+    CLI for ``accelerate launch`` on GPU nodes)::
 
         accelerate launch --multi_gpu --num_processes 8 -m echodiff.diffusion.training \\
             -f params/paper/diffusion_4SCM_stage2.yaml
     """
     args, params = stage_cli("diffusion", "python -m echodiff.diffusion.training", main.__doc__, argv)
-    checkpoint_dir = params.get("checkpoint_dir", "outputs/diffusion")
     plan = stage_configs(params)
-    config = load_cascade_config(plan[0].model_config)
     if args.dry_run:
-        print_settings({**{f"stage{cfg.stage}": cfg for cfg in plan}, "checkpoint_dir": checkpoint_dir,
-                        "cascade": config})
+        print_settings({**{f"stage{cfg.stage}": cfg for cfg in plan},
+                        "checkpoint_dir": params.get("checkpoint_dir", "outputs/diffusion"),
+                        "cascade": load_cascade_config(plan[0].model_config)})
         return 0
-    run = None
-    if int(os.environ.get("RANK", "0")) == 0:
-        run = tracking.start_stage(params.get("run_name", "diffusion"), params,
-                                   experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT))
-    trainer, history = train_stages(plan, checkpoint_dir, resume=bool(params.get("resume", True)))
-    folder = export_model(trainer, config, resolve_path(checkpoint_dir) / "model")
-    if trainer.is_main:
-        tracking.log_file(folder / "config.yaml", "model")
-        tracking.log_file(folder / "merged.pt", "model")
-        tracking.log_table(history, "history.csv")
-        tracking.end_stage()
-        print(f"diffusion: model in {folder}, MLflow run {run.info.run_id}")
+    if params.get("make_phantom"):
+        phantom.ensure_phantom(resolve_path(plan[0].data_root), int(params.get("phantom_videos", 400)),
+                               int(params.get("phantom_seed", 0)))
+    if int(os.environ.get("RANK", "0")) != 0:
+        run_stage(params)
+        return 0
+    with tracking.stage_run(params.get("run_name", "diffusion"), params, run_id=params.get("mlflow_run_id"),
+                            experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
+        result = run_stage(params)
+    print(f"diffusion: model in {result.model_dir}, MLflow run {run.info.run_id}")
     return 0
 
 
