@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from echodiff.data.echonet import FILELIST_COLUMNS, TRACING_COLUMNS
 from echodiff.data.video import write_video
 from echodiff.io import atomic_write_csv
 
@@ -41,8 +42,6 @@ IMAGE_SIZE = 112
 N_DISCS = 20
 #: EchoNet-Dynamic's split sizes; the phantom keeps their proportions.
 SPLIT_SIZES = {"TRAIN": 7465, "VAL": 1288, "TEST": 1277}
-FILELIST_COLUMNS = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"]
-TRACING_COLUMNS = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 
 # Cardiac cycle as a fraction of the period: (start, end) of each phase. c(t) is the contraction,
 # 0 at end-diastole (largest LV) and 1 at end-systole (smallest LV).

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from echodiff import phantom, plots, preempt, tracking
 from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips, read_filelist
-from echodiff.data.echonet import TRACING_COLUMNS
+from echodiff.data.echonet import FILELIST_COLUMNS, TRACING_COLUMNS
 from echodiff.data.transforms import resize
 from echodiff.data.variants import bin_of
 from echodiff.data.video import read_video, write_video
@@ -150,7 +150,6 @@ def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-FILELIST_COLUMNS = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"]
 
 
 def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: str | os.PathLike,

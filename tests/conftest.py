@@ -33,6 +33,13 @@ def phantom_copy(phantom_root: Path, tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="module")
+def cascade_and_regressor() -> tuple[CascadeModel, EFRegressor]:
+    """An untrained one-stage cascade (``tiny_config(1)``) and EF regressor in memory, the same in every module."""
+    torch.manual_seed(0)
+    return CascadeModel(tiny_config(1)).eval(), EFRegressor(width=4, bias=50.0).eval()
+
+
 @pytest.fixture(scope="session")
 def saved_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An untrained one-stage cascade folder (``tiny_config(1)``: 4 frames at 16 px, 8 fps) and an untrained

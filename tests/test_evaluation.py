@@ -12,15 +12,12 @@ import scipy.ndimage
 import torch
 import yaml
 from PIL import Image
-from test_diffusion import tiny_config
 
 from echodiff import evaluation, tracking
 from echodiff.config import repo_root
-from echodiff.diffusion import CascadeModel
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
-from echodiff.models.ef_regressor import EFRegressor
 from echodiff.weights import MissingWeightsError
 
 
@@ -174,12 +171,6 @@ def test_merge_detects_gaps_and_duplicates(tmp_path):
     scores.drop(columns="SSIM").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad.csv: score file is missing columns \['SSIM'\]"):
         merge_scores([tmp_path / "bad.csv"], 3)
-
-
-@pytest.fixture(scope="module")
-def cascade_and_regressor():
-    torch.manual_seed(0)
-    return CascadeModel(tiny_config(1)).eval(), EFRegressor(width=4, bias=50.0).eval()
 
 
 def test_chunk_index_out_of_range():

@@ -9,15 +9,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_diffusion import tiny_config
 
 from echodiff import rebalance
 from echodiff.config import repo_root
 from echodiff.data import EchoNetDynamic, read_video, variants
 from echodiff.data.transforms import resize
-from echodiff.diffusion import CascadeModel
 from echodiff.ef_training import EFTrainConfig, train_ef_regressor
-from echodiff.models.ef_regressor import EFRegressor
 
 
 def test_plan_tops_every_bin_up_to_the_requested_count_exactly():
@@ -51,12 +48,6 @@ def test_variants_draw_the_right_training_indices():
         variants.parse_variant("balance_x")
     with pytest.raises(ValueError, match="only 5 real TRAIN videos"):
         variants.training_indices(labels, real, train_subset=6)
-
-
-@pytest.fixture(scope="module")
-def cascade_and_regressor():
-    torch.manual_seed(0)
-    return CascadeModel(tiny_config(1)).eval(), EFRegressor(width=4, bias=50.0).eval()
 
 
 def test_synthetic_dataset_reads_back_and_resumes_without_duplicates(phantom_root, cascade_and_regressor, tmp_path,

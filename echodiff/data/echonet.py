@@ -26,6 +26,8 @@ from echodiff.io import atomic_write_text
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 REQUIRED_COLUMNS = ("FileName", "EF", "Split")
+#: EchoNet-Dynamic's two CSVs, column by column (what the phantom and the synthetic datasets write)
+FILELIST_COLUMNS = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"]
 TRACING_COLUMNS = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 #: Targets needing the two traced frames (EchoNet: "Large" = end-diastole, listed last; "Small" = end-systole).
 TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeTrace", "SmallTrace")
