@@ -1,9 +1,11 @@
 """Shared fixtures: one small phantom written once per test session (real AVIs, real CSVs) and tiny untrained
 models on disk; and the rule for tests of real components, whose hooks live in tests/ci_rule.py."""
 
+import os
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from ci_rule import pytest_configure, pytest_runtest_makereport  # noqa: F401 -- the hooks, re-exported to pytest
@@ -31,6 +33,14 @@ def phantom_copy(phantom_root: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(phantom_root, dst)
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_reads_the_session_store():
+    """After every test, mlflow's process-wide tracking URI is the session's store again: a test that pointed it
+    elsewhere (its own SQLite file, a server, the Slurm jobs' store) must not send later tests' reads there."""
+    yield
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
 @pytest.fixture(scope="module")
