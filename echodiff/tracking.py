@@ -75,8 +75,8 @@ def start_stage(
         mlflow.end_run()
     job = os.environ.get("SLURM_JOB_ID")
     created = run_id is None
-    if created and job:  # a requeued Slurm job carries on in the run its first start opened: one record
-        run_id = requeued_run(stage, job, experiment)
+    if created and job and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:  # requeued by Slurm: carry on
+        run_id = requeued_run(stage, job, experiment)  # in the run its first start opened (one record)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage)
     mlflow.set_tag("echodiff.stage", stage)
     if created:  # a run the pipeline created carries the pipeline's process

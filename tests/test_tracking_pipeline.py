@@ -37,12 +37,13 @@ def test_failing_stage_body_marks_run_failed(tmp_path):
 
 
 def test_a_requeued_slurm_job_carries_on_in_its_own_run(monkeypatch):
-    """A stage CLI started again by `scontrol requeue` (same SLURM_JOB_ID) reopens the run its first start left
-    KILLED, under the new process; another job, or a finished run, gets a new run."""
+    """A stage CLI started again by `scontrol requeue` (same SLURM_JOB_ID, SLURM_RESTART_COUNT > 0) reopens the run
+    its first start left KILLED, under the new process; another job, or a finished run, gets a new run."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     with pytest.raises(KeyboardInterrupt), tracking.stage_run("requeued", {"a": 1}, experiment="requeue-test") as first:
         raise KeyboardInterrupt  # the time-limit signal, as preempt turns it into an interrupt
     assert mlflow.get_run(first.info.run_id).info.status == "KILLED"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what Slurm sets in a requeued job
     with tracking.stage_run("requeued", {"a": 1}, experiment="requeue-test") as second:
         pass
     reopened = mlflow.get_run(second.info.run_id)
