@@ -44,6 +44,11 @@ def tracking_uri() -> str:
     return uri
 
 
+#: MLflow 3's UI opens an experiment in its GenAI view (traces, token usage) unless this tag says it holds model
+#: training runs: ours open in the runs table with their metrics.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the store, create ``experiment`` if needed (artifacts in ``artifacts/`` beside a SQLite
     database, e.g. ``mlruns/artifacts``; a server's default otherwise) and make it current; return its id."""
@@ -52,13 +57,16 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made before, or by another tool
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     else:
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable.
         location = None  # a server's own default
         if uri.startswith("sqlite:///"):  # beside the database, never relative to the working directory
             location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
         try:
-            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=location,
+                                                     tags=dict([EXPERIMENT_KIND]))
         except mlflow.exceptions.MlflowException:  # created meanwhile by another process
             experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

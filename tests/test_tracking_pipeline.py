@@ -28,6 +28,8 @@ def test_default_store_is_the_repos_mlruns_whatever_the_cwd(monkeypatch, tmp_pat
     finished = mlflow.get_run(run.info.run_id)
     assert finished.info.status == "FINISHED" and finished.data.params == {"alpha": "1", "names": "['a', 'b']"}
     assert finished.data.tags["echodiff.stage"] == "unit"
+    # the MLflow UI opens it in its model-training view (runs and metrics), not MLflow 3's GenAI view
+    assert mlflow.get_experiment_by_name("store-test").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_failing_stage_body_marks_run_failed(tmp_path):
