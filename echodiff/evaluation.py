@@ -527,12 +527,11 @@ def score_all(model: CascadeModel, regressor: EFRegressor, params: dict[str, Any
     return scores
 
 
-def merge_all(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def merge_all(params: dict[str, Any], config: dict[str, Any]) -> dict[str, pd.DataFrame]:
     """Merge the chunk files of every mode of stage-03 ``params``, checking that every video the chunks were to
-    score is there with ``num_noise`` candidates; writes ``<out_dir>/scores_<mode>.csv``. Needs the model folder's
-    ``config.yaml`` (frames, fps), not its weights."""
+    score is there with ``num_noise`` candidates; writes ``<out_dir>/scores_<mode>.csv``. ``config``: the cascade's
+    model config (frames, fps: the clips the chunks scored), not its weights."""
     out, chunks = resolve_path(params.get("out_dir", "outputs/evaluate")), int(params.get("chunks", 1))
-    config = load_model_config(local_or_run_id(params["model"]))
     scores = {}
     for mode in params.get("modes", ["factual"]):
         cfg = ScoreConfig.from_params({**params, "mode": mode, "chunk": 0})
@@ -649,8 +648,8 @@ def main(argv: list[str] | None = None) -> int:
                                    videos_dir=resolve_path(out_dir) / "videos")
             print(f"{path}: {len(rows)} rows")
         return 0
-    scores = merge_all(params)
-    config = load_model_config(local_or_run_id(params["model"]))
+    config = load_model_config(local_or_run_id(params["model"]))  # frames and fps; no weights needed
+    scores = merge_all(params, config)
     with tracking.stage_run("evaluate", params, run_id=params.get("mlflow_run_id"),
                             experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
         result = report(scores, config, params)
