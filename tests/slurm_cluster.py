@@ -53,13 +53,15 @@ def slurm_cluster(folder: Path) -> Iterator[dict[str, str]]:
         (folder / sub).mkdir(exist_ok=True)
     host = socket.gethostname()
     conf = folder / "slurm.conf"
+    # cred_expire: a requeued job waits this long before it may start again (Slurm's default, 120 s, was most of
+    # the requeue test's time)
     conf.write_text(f"""ClusterName=echodifftest
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={munge / 'munge.sock'}
+AuthInfo=socket={munge / 'munge.sock'},cred_expire=10
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
