@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import yaml
 
-from echodiff.data.echonet import DiffusionClips
 from echodiff.data.transforms import resize
-from echodiff.diffusion.imagen import load_model_folder
+from echodiff.diffusion.imagen import cascade_clips, load_model_folder
 from echodiff.diffusion.sampling import sample
 from echodiff.diffusion.training import DiffusionTrainConfig, export_model, load_cascade_config, train_stage
 from echodiff.metrics.lv_area import ed_outline
@@ -88,7 +87,7 @@ def main() -> None:
     frames = int(config["frames"]) // int(config["imagen"].get("temporal_downsample_factor", [1])[0])
 
     # real clips at the stage's size and frame rate: calibration line and SSIM references
-    val = DiffusionClips(args.probe_root, "val", frames=config["frames"], fps=config["fps"], cache="data/cache")
+    val = cascade_clips(config, args.probe_root, "val", "data/cache")
     stride = int(config["frames"]) // frames
     real, outlines, efs, anatomy = [], [], [], []
     for i in range(len(val)):

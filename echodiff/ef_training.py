@@ -35,7 +35,7 @@ from echodiff.data import DatasetError, EchoNetDynamic, channel_stats, read_file
 from echodiff.data.transforms import resize
 from echodiff.data.variants import parse_variant, training_set
 from echodiff.device import compute_device
-from echodiff.io import read_checkpoint, rotate_checkpoint
+from echodiff.io import read_checkpoint, resume_source, rotate_checkpoint
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import EFRegressor, build_ef_regressor, regressor_from_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
@@ -179,12 +179,10 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_period or 10**9, gamma=0.1)
     start_epoch, best_val, history = 0, float("inf"), []
     last = checkpoint_dir / "last.pt"
-    source = resolve_path(cfg.resume_from) if cfg.resume_from else last  # the chosen checkpoint, or the last one
-    if cfg.resume_from and not source.is_file():
-        raise FileNotFoundError(f"resume_from={cfg.resume_from!r}: {source} is not a file; name a checkpoint such as "
-                                f"{last} or {last.with_name('last.1.pt')}")
+    source, keep = resume_source(last, resolve_path(cfg.resume_from) if cfg.resume_from else None,
+                                 cfg.keep_checkpoints)
     if resume and source.is_file():
-        state = load_checkpoint(source, 0 if cfg.resume_from else cfg.keep_checkpoints)
+        state = load_checkpoint(source, keep)
         changed = changed_settings(state.get("train_config"), dataclasses.asdict(cfg), RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"{source} was trained with other settings ({'; '.join(changed)}): resuming it would "
@@ -369,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         print_settings({"train": cfg, "checkpoint_dir": params.get("checkpoint_dir", "outputs/ef_regression"),
                         "run": {k: v for k, v in params.items() if k not in cfg.__dataclass_fields__}})
         return 0
-    if params.get("make_phantom"):
-        phantom.ensure_phantom(resolve_path(cfg.data_root), int(params.get("phantom_videos", 400)),
-                               int(params.get("phantom_seed", 0)))
+    phantom.prepare(params)
     Accelerator(cpu=not torch.cuda.is_available())  # the process group, before anything asks who is main
     if not PartialState().is_main_process:
         run_stage(params)

@@ -34,7 +34,7 @@ from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.data.video import read_video
 from echodiff.device import compute_device
-from echodiff.diffusion.imagen import CascadeModel, load_model_config, load_model_folder
+from echodiff.diffusion.imagen import CascadeModel, cascade_clips, load_model_config, load_model_folder
 from echodiff.diffusion.sampling import SOLVERS, sample, write_avis
 from echodiff.ef_training import load_regressor
 from echodiff.io import atomic_path, atomic_write_csv
@@ -110,8 +110,8 @@ def _seed(*parts: int) -> int:
 
 def _clips(config: dict[str, Any], cfg: ScoreConfig) -> DiffusionClips:
     """The split's clips in the format (frames, fps) of the cascade ``config``, as scored and as compared against."""
-    return DiffusionClips(resolve_path(cfg.data_root), cfg.split, frames=config["frames"],
-                          fps=config.get("fps"), cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    return cascade_clips(config, resolve_path(cfg.data_root), cfg.split,
+                         resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
 
 
 def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torch.Tensor, float, torch.Tensor, float]:
@@ -179,8 +179,8 @@ def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, A
 def fit_area_judge(model: CascadeModel, cfg: ScoreConfig, clips: int = 64) -> AreaJudge | None:
     """The LV-area judge (:mod:`echodiff.metrics.lv_area`) fitted on up to ``clips`` real TRAIN clips of
     ``cfg.data_root`` at the cascade's output size and clip length; None when the dataset has no tracings."""
-    train = DiffusionClips(resolve_path(cfg.data_root), "train", frames=model.config["frames"],
-                           fps=model.config.get("fps"), cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    train = cascade_clips(model.config, resolve_path(cfg.data_root), "train",
+                          resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
     x, y = [], []
     for index in range(min(clips, len(train))):
         name = train.filelist.FileName.iloc[index]
@@ -557,7 +557,7 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
     The notebook and ``python -m echodiff.evaluation merge`` both call this, so both leave the same record."""
     out, chunks = resolve_path(params.get("out_dir", "outputs/evaluate")), int(params.get("chunks", 1))
     fps = config.get("fps") or 8.0
-    summaries, distances, selected = {}, {}, {}
+    summaries, distances, selected, reals = {}, {}, {}, {}
     for mode, rows in scores.items():
         summaries[mode] = summarize(rows)
         selected[mode] = select_by_ef(rows)
@@ -565,7 +565,7 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
         distances[mode] = {"FD_EFreg": regressor_distance(selected[mode], paths),
                            "FD_EFreg_all": regressor_distance(rows, paths)}
         cfg = ScoreConfig.from_params({**params, "mode": mode, "chunk": 0})
-        real = real_clips(config, cfg, selected[mode].FileName)
+        real = reals[mode] = real_clips(config, cfg, selected[mode].FileName)
         fake = saved_candidates(selected[mode], out / "videos")
         summaries[mode].update(motion_summary(real, fake, fps))  # a beat, not flicker: beside the real clips
         if params.get("export_frames"):
@@ -584,10 +584,9 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
     table = pd.concat([ours, REFERENCE.assign(Protocol="best (reference README)")], ignore_index=True)
     gifs = []
     if "factual" in scores and "counterfactual" in scores:
-        cfg = ScoreConfig.from_params({**params, "mode": "factual", "chunk": 0})
         picks = {m: selected[m].set_index("FileName") for m in ("factual", "counterfactual")}
-        for name in list(picks["factual"].index)[:int(params.get("n_gifs", 0))]:
-            real = real_clips(config, cfg, [name])[0]
+        for i, name in enumerate(list(picks["factual"].index)[:int(params.get("n_gifs", 0))]):
+            real = reals["factual"][i]  # the clip the factual candidates were scored against
             fake = [saved_candidates(picks[m].loc[[name]].reset_index(), out / "videos")[0]
                     for m in ("factual", "counterfactual")]
             gifs.append(video_row_gif([real.numpy(), *(f.numpy() for f in fake)], out / "gifs" / f"{name}.gif",

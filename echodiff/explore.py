@@ -33,7 +33,7 @@ from echodiff.data import DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.data.video import VideoError, read_video
 from echodiff.device import compute_device
-from echodiff.diffusion.imagen import CascadeModel, load_model_folder
+from echodiff.diffusion.imagen import CascadeModel, cascade_clips, load_model_folder
 from echodiff.diffusion.sampling import sample, write_avis
 from echodiff.ef_training import load_regressor
 from echodiff.evaluation import local_or_run_id
@@ -230,8 +230,8 @@ def load_explorer(cascade: str | None = None, regressor: str | None = None, data
                              "that names the dataset it was trained on")
     data = None
     if data_root:
-        data = DiffusionClips(resolve_path(data_root), split, frames=model.config["frames"],
-                              fps=model.config.get("fps"), cache=resolve_path(cache_dir) if cache_dir else None)
+        data = cascade_clips(model.config, resolve_path(data_root), split,
+                             resolve_path(cache_dir) if cache_dir else None)
     return Explorer(model, reader, data, str(ids["cascade"]), str(ids["regressor"]))
 
 

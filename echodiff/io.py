@@ -75,6 +75,17 @@ def rotate_checkpoint(path: str | os.PathLike, keep: int = 1) -> Iterator[Path]:
             os.replace(path, older[0])
 
 
+def resume_source(last: Path, chosen: Path | None, keep: int) -> tuple[Path, int]:
+    """The checkpoint a run resumes from, and how many older copies of it :func:`read_checkpoint` may fall back
+    to: the ``resume_from`` file the user chose (it must exist; no fallback), else ``last`` with ``keep``."""
+    if chosen is None:
+        return last, keep
+    if not chosen.is_file():
+        raise FileNotFoundError(f"resume_from: {chosen} is not a file; name a checkpoint such as {last} or "
+                                f"{last.with_name(last.stem + '.1' + last.suffix)}")
+    return chosen, 0
+
+
 def read_checkpoint(path: str | os.PathLike, reader: Callable[[Path], Any], keep: int = 1) -> tuple[Any, Path]:
     """``reader(path)``, or -- when ``path`` cannot be read -- ``reader`` of the newest readable older copy
     (:func:`rotate_checkpoint`), saying so. Returns ``(what reader returned, the file it came from)``.

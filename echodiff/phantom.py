@@ -25,15 +25,18 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from echodiff.config import resolve_path
 from echodiff.data.echonet import FILELIST_COLUMNS, TRACING_COLUMNS
 from echodiff.data.video import write_video
 from echodiff.io import atomic_write_csv
@@ -449,6 +452,16 @@ def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0) -> bool:
             "a phantom is written only into a folder whose name contains 'phantom' (e.g. data/phantom)")
     write_phantom(root, n=n, seed=seed)
     return True
+
+
+def prepare(params: Mapping[str, Any]) -> bool:
+    """The phantom a stage's parameters ask for: with ``make_phantom`` true, :func:`ensure_phantom` at
+    ``data_root`` with ``phantom_videos`` videos (default 400) from ``phantom_seed`` (default 0); True if written.
+    Every stage (notebook, command line, Slurm job) calls this before it reads ``data_root``."""
+    if not params.get("make_phantom"):
+        return False
+    return ensure_phantom(resolve_path(params["data_root"]), int(params.get("phantom_videos", 400)),
+                          int(params.get("phantom_seed", 0)))
 
 
 def heart_parameters(n: int, seed: int) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from echodiff.data.echonet import FILELIST_COLUMNS, TRACING_COLUMNS
 from echodiff.data.transforms import resize
 from echodiff.data.variants import bin_of
 from echodiff.data.video import read_video, write_video
+from echodiff.diffusion.imagen import cascade_clips
 from echodiff.diffusion.sampling import sample
 from echodiff.ef_training import EFTrainConfig, predict, train_ef_regressor
 from echodiff.evaluation import check_resume_settings, load_inputs, read_text_columns, scale_text
@@ -167,9 +168,9 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     (out_root / "Videos").mkdir(parents=True, exist_ok=True)
     if cfg.num_noise < 1:
         raise ValueError(f"num_noise must be >= 1, got {cfg.num_noise}")
-    frames, fps = int(model.config["frames"]), float(model.config.get("fps") or 8.0)
-    data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=frames, fps=fps,
-                          cache=resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
+    frames, fps = int(model.config["frames"]), float(model.config["fps"])
+    data = cascade_clips(model.config, resolve_path(cfg.data_root), "train",
+                         resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
     done = read_synthetic(out_root)
     settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": scale_text(cfg.cond_scale),
                 "Steps": "config" if cfg.sample_steps is None else str(cfg.sample_steps),
@@ -357,9 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("model", "regressor"):
         if params.get(key) is None:
             raise SystemExit(f"rebalance: `{key}` is required (a model folder / checkpoint or an MLflow run id)")
-    if params.get("make_phantom"):
-        phantom.ensure_phantom(resolve_path(params["data_root"]), int(params.get("phantom_videos", 400)),
-                               int(params.get("phantom_seed", 0)))
+    phantom.prepare(params)
     model, regressor = load_inputs(params)
     with tracking.stage_run("rebalance", params, run_id=params.get("mlflow_run_id"),
                             experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:

@@ -87,7 +87,7 @@ def test_ef_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_ro
     _, chosen = train_ef_regressor(EFTrainConfig(**cfg, epochs=3, resume_from=str(tmp_path / "last.1.pt")), tmp_path)
     assert f"resuming from {tmp_path / 'last.1.pt'} at epoch 2" in capsys.readouterr().out
     assert list(chosen.epoch) == [0, 1, 2]
-    with pytest.raises(FileNotFoundError, match=r"resume_from='last.9.pt'.*is not a file; name a checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"resume_from: .*last.9.pt is not a file; name a checkpoint"):
         train_ef_regressor(EFTrainConfig(**cfg, epochs=3, resume_from="last.9.pt"), tmp_path)
     _truncate(tmp_path / "last.pt")
     _truncate(tmp_path / "last.1.pt")

@@ -133,6 +133,33 @@ def test_diffusion_view(phantom_root):
     assert anatomy.shape == (2, 3, 112, 112) and ef.shape == (2,) and clip.shape == (2, 3, 64, 112, 112)
 
 
+def test_diffusion_view_can_condition_on_the_traced_end_diastolic_frame(phantom_copy):
+    """anatomy="ed": every item's anatomy is its video's end-diastolic frame (the larger LV trace), whatever the
+    random window; a video without tracings is an error naming VolumeTracings.csv."""
+    data = DiffusionClips(phantom_copy, "train", frames=8, fps=8.0, anatomy="ed")
+    traced = EchoNetDynamic(phantom_copy, "train", length=8, target_type=["LargeFrame", "LargeTrace", "SmallTrace"],
+                            mean=0.0, std=255.0)
+    for i in range(3):
+        frames = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            anatomy, _, clip = data[i]
+            frames.append(anatomy)
+        ed_frame, ed_mask, es_mask = traced[i][1]
+        assert torch.equal(frames[0], frames[1]) and torch.equal(frames[0], ed_frame)
+        assert ed_mask.sum() > es_mask.sum()  # it is the diastolic frame: the LV is at its largest
+        inside = ed_mask.bool()
+        assert float(anatomy[0][inside].mean()) <= float(clip[0][:, inside].mean(1).min()) + 0.02  # darkest LV
+    with pytest.raises(DatasetError, match="anatomy must be one of"):
+        DiffusionClips(phantom_copy, "train", anatomy="first")
+    tracings = pd.read_csv(phantom_copy / "VolumeTracings.csv")
+    name = data.filelist.FileName.iloc[0]
+    tracings[tracings.FileName.str.removesuffix(".avi") != name].to_csv(phantom_copy / "VolumeTracings.csv",
+                                                                        index=False)
+    with pytest.raises(DatasetError, match=f"VolumeTracings.csv.*{name}.*anatomy_frame: clip"):
+        DiffusionClips(phantom_copy, "train", anatomy="ed")
+
+
 def test_seeded_clips_are_reproducible(phantom_root):
     data = EchoNetDynamic(phantom_root, "train", length=8)
     torch.manual_seed(7)

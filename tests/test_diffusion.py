@@ -295,6 +295,16 @@ def test_residual_target_round_trips_and_is_checked():
             cascade_config(dict(tiny_config(), residual_gain=bad))
 
 
+def test_anatomy_frame_is_a_checked_cascade_setting_that_every_stage_reads(phantom_root):
+    from echodiff.diffusion.imagen import cascade_clips, cascade_config
+
+    ed = cascade_config(dict(tiny_config(), anatomy_frame="ed"))
+    assert cascade_clips(ed, phantom_root, "val").anatomy == "ed"
+    assert cascade_clips(cascade_config(tiny_config()), phantom_root, "val").anatomy == "clip"  # the seed's
+    with pytest.raises(ValueError, match="anatomy_frame must be one of"):
+        cascade_config(dict(tiny_config(), anatomy_frame="es"))
+
+
 def _toy_beat(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Anatomy frames of random texture and 4-frame clips of them whose centre darkens by EF/100 x 0.5 and back."""
     anatomy = torch.rand(n, 1, 8, 8, generator=generator).expand(-1, 3, -1, -1)

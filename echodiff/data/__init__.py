@@ -1,6 +1,7 @@
 """EchoNet-Dynamic data: the video reader, the dataset, clips and the decoded-video cache."""
 
 from echodiff.data.echonet import (
+    ANATOMY_FRAMES,
     DatasetError,
     DiffusionClips,
     EchoNetDynamic,
@@ -13,6 +14,6 @@ from echodiff.data.echonet import (
 from echodiff.data.video import CacheSpaceError, VideoCache, VideoError, read_video, write_video
 
 __all__ = [
-    "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
+    "ANATOMY_FRAMES", "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
     "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "write_video",
 ]

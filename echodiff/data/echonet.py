@@ -30,6 +30,8 @@ REQUIRED_COLUMNS = ("FileName", "EF", "Split")
 FILELIST_COLUMNS = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"]
 TRACING_COLUMNS = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 #: Targets needing the two traced frames (EchoNet: "Large" = end-diastole, listed last; "Small" = end-systole).
+#: where a diffusion item's anatomy frame comes from (:class:`DiffusionClips`)
+ANATOMY_FRAMES = ("clip", "ed")
 TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeTrace", "SmallTrace")
 TARGETS = ("EF", "EDV", "ESV", "FileName", "Filename", *TRACE_TARGETS)
 
@@ -330,9 +332,10 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         """The whole video of item ``index``, uint8 ``(3, F, H, W)``."""
         return self._load(self.filelist.iloc[index])
 
-    def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised clip(s) of item ``index``: float32 ``(n, C, T, H, W)`` and the valid (unpadded) frame counts."""
-        raw = self.video(index)
+    def clip(self, index: int, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised clip(s) of item ``index`` (of its decoded video ``raw``, if given): float32
+        ``(n, C, T, H, W)`` and the valid (unpadded) frame counts."""
+        raw = self.video(index) if raw is None else raw
         step = self.step(index)
         length, n_starts = clip_positions(raw.shape[1], self.length, step, self.max_length)
         if self.clips == "all":
@@ -425,17 +428,35 @@ class DiffusionClips(EchoNetDynamic):
     """Training view for the diffusion models: ``(anatomy (C, H, W), EF in %, clip (C, T, H, W))``, all in [0, 1].
 
     The clip is ``frames`` frames every ``period`` frames, or resampled to ``fps`` (e.g. 2 s at 8 fps = 16
-    frames, as EchoDiffusion's 1SCM), zero-padded when the video is short; the anatomy frame is a random
-    unpadded frame of that same clip. Other arguments as :class:`EchoNetDynamic`.
+    frames, as EchoDiffusion's 1SCM), zero-padded when the video is short. The anatomy frame is, with
+    ``anatomy="clip"`` (EchoDiffusion's choice), a random unpadded frame of that same clip; with ``"ed"``, the
+    video's traced end-diastolic frame (the larger of its two VolumeTracings frames, EchoNet's ``LargeFrame``),
+    which may lie outside the clip: every video is then conditioned on the same phase, whose LV is the largest
+    of the beat. Other arguments as :class:`EchoNetDynamic`.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", frames: int = 16, period: int = 2,
-                 fps: float | None = None, **kwargs):
+                 fps: float | None = None, anatomy: str = "clip", **kwargs):
+        if anatomy not in ANATOMY_FRAMES:
+            raise DatasetError(f"anatomy must be one of {ANATOMY_FRAMES}, got {anatomy!r}")
         super().__init__(root, split, target_type="EF", length=frames, period=period, fps=fps, clips=1,
                          max_length=None, mean=0.0, std=255.0, **kwargs)
+        self.anatomy = anatomy
+        if anatomy == "ed":
+            untraced = [n for n in self.filelist.FileName if len(self.tracings.get(n, {})) < 2]
+            if untraced:
+                raise DatasetError(
+                    f"anatomy='ed' needs the traced end-diastolic frame of every video, but {len(untraced)} video(s) "
+                    f"of split {self.split} have fewer than 2 traced frames in {self.root / 'VolumeTracings.csv'} "
+                    f"(e.g. {untraced[:3]}); add their tracings, or use a cascade with anatomy_frame: clip")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        clips, valid = self.clip(index)
+        raw = self.video(index)
+        clips, valid = self.clip(index, raw)
         clip = torch.from_numpy(np.ascontiguousarray(clips[0]))
-        k = int(torch.randint(max(int(valid[0]), 1), ()))
-        return clip[:, k].clone(), self.target(index), clip
+        if self.anatomy == "ed":
+            ed = list(self.tracings[self.filelist.FileName.iloc[index]])[-1]  # EchoNet: the large trace is last
+            anatomy = torch.from_numpy(raw[:, ed].astype(np.float32) / 255.0)
+        else:
+            anatomy = clip[:, int(torch.randint(max(int(valid[0]), 1), ()))].clone()
+        return anatomy, self.target(index), clip

@@ -8,6 +8,7 @@ Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
     ef_embedding: ef_flag        # echodiff's [EF/100, 1]; "ef" = the seed's [EF/100] (released weights)
     residual_gain: 2.0           # optional: generate (video - anatomy frame) x gain instead of the video itself
     lowres_noise_max: 0.2        # optional: train super-resolution stages with low-res noise levels in [0, 0.2]
+    anatomy_frame: ed            # optional: condition on the traced end-diastolic frame, not a random clip frame
 
 Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 """
@@ -27,6 +28,7 @@ import torch
 import yaml
 
 from echodiff import tracking
+from echodiff.data import ANATOMY_FRAMES, DiffusionClips
 from echodiff.io import atomic_path, atomic_write_text
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
@@ -94,7 +96,7 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
 
 #: the top-level keys of a cascade config (``params/diffusion/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
-                "lowres_noise_max")
+                "lowres_noise_max", "anatomy_frame")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -136,7 +138,18 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
                                   or not 0 < value <= high):
             bounds = "a positive number" if high == float("inf") else f"within (0, {high:g}]"
             raise ValueError(f"{source}: {key} must be {bounds} (or absent: {absent}), got {value!r}")
+    if config.get("anatomy_frame", "clip") not in ANATOMY_FRAMES:
+        raise ValueError(f"{source}: anatomy_frame must be one of {list(ANATOMY_FRAMES)} (absent: clip, a random "
+                         f"frame of the clip, as EchoDiffusion), got {config['anatomy_frame']!r}")
     return config
+
+
+def cascade_clips(config: dict[str, Any], root: str | os.PathLike, split: str,
+                  cache: str | os.PathLike | None = None) -> DiffusionClips:
+    """The ``split`` of the EchoNet-format folder ``root`` as the cascade ``config`` trains on and is sampled and
+    scored with: its clip length and frame rate, its anatomy frame (``anatomy_frame``)."""
+    return DiffusionClips(root, split, frames=int(config["frames"]), fps=config.get("fps"),
+                          anatomy=config.get("anatomy_frame", "clip"), cache=cache)
 
 
 def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:

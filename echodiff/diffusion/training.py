@@ -29,6 +29,7 @@ from echodiff.data.transforms import resize
 from echodiff.device import compute_device
 from echodiff.diffusion.imagen import (
     CascadeModel,
+    cascade_clips,
     cascade_config,
     ef_embedding,
     import_imagen,
@@ -37,7 +38,7 @@ from echodiff.diffusion.imagen import (
     training_target,
 )
 from echodiff.diffusion.sampling import sample
-from echodiff.io import CheckpointMismatch, read_checkpoint, rotate_checkpoint
+from echodiff.io import CheckpointMismatch, read_checkpoint, resume_source, rotate_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
 
 
@@ -138,10 +139,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     path = checkpoint_dir / "trainer.pt"
     history: list[dict[str, float]] = []
     stage_settings: dict[int, dict[str, Any]] = {}  # per stage: the settings it was trained with
-    source = resolve_path(cfg.resume_from) if cfg.resume_from else path  # the chosen checkpoint, or the last one
-    if cfg.resume_from and not source.is_file():
-        raise FileNotFoundError(f"resume_from={cfg.resume_from!r}: {source} is not a file; name a checkpoint such as "
-                                f"{path} or {path.with_name('trainer.1.pt')}")
+    source, keep = resume_source(path, resolve_path(cfg.resume_from) if cfg.resume_from else None,
+                                 cfg.keep_checkpoints)
     if resume and source.is_file():
         def load(file: Path) -> dict[str, Any]:  # the cascade config first: other shapes would fail opaquely
             if torch.load(file, map_location="cpu", weights_only=False, mmap=True).get("config") != config:
@@ -149,7 +148,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                                          "another checkpoint_dir, or resume=False to start over")
             return trainer.load(str(file))
 
-        extra, _ = read_checkpoint(source, load, 0 if cfg.resume_from else cfg.keep_checkpoints)
+        extra, _ = read_checkpoint(source, load, keep)
         history = list(extra.get("history", []))
         saved = extra.get("settings", {}).get(cfg.stage)
         if saved is not None and "model" in saved:  # written before `model` was renamed `model_config`
@@ -166,8 +165,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
         # same initial weights everywhere (above), but each process draws its own noise levels and noise
         torch.manual_seed(cfg.seed + 1_000_003 * trainer.accelerator.process_index + int(trainer.steps[cfg.stage - 1]))
     cache = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
-    data = DiffusionClips(resolve_path(cfg.data_root), "train", frames=config["frames"], fps=config["fps"], cache=cache)
-    val = DiffusionClips(resolve_path(cfg.data_root), "val", frames=config["frames"], fps=config["fps"], cache=cache)
+    data = cascade_clips(config, resolve_path(cfg.data_root), "train", cache)
+    val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache)
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
@@ -336,7 +335,7 @@ def sample_gifs(model_dir: Path, params: dict[str, Any], out: Path) -> list[Path
     the anatomy's index), as GIFs in ``out``: anatomy | real clip | the generated videos."""
     cascade = load_model_folder(model_dir)
     config = cascade.config
-    val = DiffusionClips(resolve_path(params["data_root"]), "val", frames=config["frames"], fps=config["fps"])
+    val = cascade_clips(config, resolve_path(params["data_root"]), "val")
     efs, gifs = list(params.get("sample_efs", [25.0, 70.0])), []
     for i in range(min(int(params.get("n_samples", 2)), len(val))):
         torch.manual_seed(i)
@@ -388,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                         "checkpoint_dir": params.get("checkpoint_dir", "outputs/diffusion"),
                         "cascade": load_cascade_config(plan[0].model_config)})
         return 0
-    if params.get("make_phantom"):
-        phantom.ensure_phantom(resolve_path(plan[0].data_root), int(params.get("phantom_videos", 400)),
-                               int(params.get("phantom_seed", 0)))
+    phantom.prepare(params)
     if int(os.environ.get("RANK", "0")) != 0:
         run_stage(params)
         return 0
