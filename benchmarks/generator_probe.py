@@ -60,7 +60,7 @@ def lv_range(videos: torch.Tensor, outlines: list[np.ndarray]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="params/diffusion/demo.yaml")
+    parser.add_argument("--model", default="params/cascades/demo.yaml")
     parser.add_argument("--set", action="append", default=[], help="cascade config override, e.g. residual_gain=2")
     parser.add_argument("--steps", type=int, default=450)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --out gpu_check/            # on a GPU node (random weights and clips)
     python benchmarks/gpu_check.py --tiny --out /tmp/check     # CPU smoke run at tiny sizes (the tests run this)
 
-For every stage of 1SCM, 2SCM and 4SCM (params/diffusion/*.yaml) at the seed's per-GPU batch size
+For every stage of 1SCM, 2SCM and 4SCM (params/cascades/*.yaml) at the seed's per-GPU batch size
 (params/paper/diffusion_*.yaml) and real shapes: training steps/s and peak GPU memory, fp16 as requested by the
 seed's accelerate config; sampling seconds per video, from timed network evaluations of each stage times the
 evaluations the sampler makes (the seed's steps and churn: 2 per Heun step but the last, x2 for guidance; and
@@ -34,7 +34,7 @@ def cascade(name: str, tiny: bool) -> dict:
     """The cascade config; ``tiny``: the same structure at 1/8 width, 1/7 size and 8 frames."""
     from echodiff.diffusion.imagen import cascade_config
 
-    config = cascade_config(yaml.safe_load((REPO / f"params/diffusion/{name}.yaml").read_text()), name)
+    config = cascade_config(yaml.safe_load((REPO / f"params/cascades/{name}.yaml").read_text()), name)
     if tiny:
         config = copy.deepcopy(config)
         for unet in config["unets"].values():

@@ -22,7 +22,7 @@ from echodiff.diffusion.training import load_cascade_config
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="outputs/diffusion/demo/model")
-    parser.add_argument("--config", default="params/diffusion/demo.yaml")
+    parser.add_argument("--config", default="params/cascades/demo.yaml")
     parser.add_argument("--videos", type=int, default=2)
     parser.add_argument("--num-noise", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)

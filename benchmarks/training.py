@@ -1,6 +1,6 @@
 """Diffusion training speed: imagen-pytorch's default U-Net settings in fp32 versus echodiff's fastest safe ones.
 
-    .venv/bin/python benchmarks/training.py [--config params/diffusion/demo.yaml] [--batch 8] [--steps 5]
+    .venv/bin/python benchmarks/training.py [--config params/cascades/demo.yaml] [--batch 8] [--steps 5]
 
 Baseline: the config's U-Nets with imagen-pytorch's default attention (8 heads x 64, cross-embedding stem,
 global-context attention) and fp32. Ours: the config as written (narrow attention, no cross-embedding stem or
@@ -60,7 +60,7 @@ def one(config_path: str, setting: str, stage: int, batch: int, steps: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="params/diffusion/demo.yaml")
+    parser.add_argument("--config", default="params/cascades/demo.yaml")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--stages", type=int, nargs="+", default=None)

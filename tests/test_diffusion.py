@@ -213,7 +213,7 @@ def test_our_folders_round_trip_and_mismatches_are_clear(tmp_path):
 def test_paper_configs_build_with_the_seeds_values(name, sizes, temporal, steps, churn, frames):
     from echodiff.config import load_params
 
-    config = load_params(f"params/diffusion/{name}.yaml")
+    config = load_params(f"params/cascades/{name}.yaml")
     model = CascadeModel(config)
     assert [int(s) for s in model.imagen.image_sizes] == sizes and config["frames"] == frames
     assert list(model.imagen.temporal_downsample_factor) == temporal
@@ -239,7 +239,7 @@ def test_grey_cascade_generates_one_channel_shown_as_three():
 def test_ef_conditioning_is_learned_on_a_toy_task():
     """Videos whose brightness is EF/100: a few hundred steps must teach the cascade to follow the target EF.
     This fails with imagen-pytorch's default ``attn_pool_text`` (its Perceiver resampler hides the one EF token),
-    which is why ``params/diffusion/demo.yaml`` turns it off."""
+    which is why ``params/cascades/demo.yaml`` turns it off."""
     torch.manual_seed(0)
     config = tiny_config()
     config["imagen"]["image_sizes"], config["frames"] = [8], 2
@@ -266,9 +266,9 @@ def test_demo_cascade_samples_without_dynamic_thresholding():
     0.105, real 0.097); the demo config turns it off and the paper configs keep the seed's default."""
     from echodiff.diffusion.training import load_cascade_config
 
-    demo = CascadeModel(load_cascade_config("params/diffusion/demo.yaml"))
+    demo = CascadeModel(load_cascade_config("params/cascades/demo.yaml"))
     assert demo.imagen.dynamic_thresholding == (False, False)
-    paper = load_cascade_config("params/diffusion/2SCM.yaml")
+    paper = load_cascade_config("params/cascades/2SCM.yaml")
     assert "dynamic_thresholding" not in paper["imagen"]
     # off: a prediction beyond [-1, 1] is clamped, not divided (which pulls the -1 background towards grey)
     model = CascadeModel(dict(tiny_config(), imagen={**tiny_config()["imagen"], "dynamic_thresholding": False}))

@@ -73,6 +73,10 @@ def test_bad_stage_and_config_mismatch(phantom_root, cascade_file, tmp_path):
     with pytest.raises(ValueError, match="stage 3 does not exist"):
         train_stage(_cfg(cascade_file, phantom_root, stage=3), tmp_path / "x")
     train_stage(_cfg(cascade_file, phantom_root, steps=1), tmp_path / "y")
+    moved = tmp_path / "moved.yaml"  # the same cascade under another path (params/diffusion/ became cascades/)
+    moved.write_text(cascade_file.read_text())
+    trainer, history = train_stage(_cfg(moved, phantom_root, steps=2), tmp_path / "y")
+    assert trainer.steps.tolist()[0] == 2 and list(history.step) == [1, 2]  # resumed at step 1, not retrained
     other = tiny_config(2, dim=16)
     other["fps"] = 8.0
     cascade_file.write_text(yaml.safe_dump(other))

@@ -43,7 +43,7 @@ def _original(name: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(CASCADES))
 def test_cascade_architectures_equal_the_originals_field_for_field(name):
-    ours, original = load_cascade_config(f"params/diffusion/{name}.yaml"), _original(name)
+    ours, original = load_cascade_config(f"params/cascades/{name}.yaml"), _original(name)
     assert list(ours["unets"]) == list(original["unets"])
     for unet, fields in original["unets"].items():
         mine = {k: v for k, v in ours["unets"][unet].items()}
@@ -62,12 +62,12 @@ def test_cascade_architectures_equal_the_originals_field_for_field(name):
 
 def test_4scm_unets_differ_where_the_original_does():
     """The 4SCM that was wrong before: U-Nets 2-3 memory-efficient, U-Net 4 without cross-attention."""
-    model = CascadeModel(load_cascade_config("params/diffusion/4SCM.yaml"))
+    model = CascadeModel(load_cascade_config("params/cascades/4SCM.yaml"))
     u1, u2, u3, u4 = model.imagen.unets
     count = [sum(p.numel() for p in u.parameters()) for u in (u1, u2, u3, u4)]
     assert count[1] == count[2] != count[0]  # memory_efficient changes the network
     assert count[3] != count[0]  # no cross-attention, nothing at the middle
-    config = load_cascade_config("params/diffusion/4SCM.yaml")["unets"]
+    config = load_cascade_config("params/cascades/4SCM.yaml")["unets"]
     assert config["unet4"]["layer_cross_attns"] is False and config["unet4"]["attend_at_middle"] is False
 
 
@@ -76,7 +76,7 @@ def test_training_recipes_use_the_seeds_values(recipe):
     params = stage_params("diffusion", f"params/paper/diffusion_{recipe}.yaml")
     batch, stage = SEED_TRAINING[recipe]
     name = recipe.split("_")[0]
-    assert params["model_config"] == f"params/diffusion/{name}.yaml" and params["stage"] == stage
+    assert params["model_config"] == f"params/cascades/{name}.yaml" and params["stage"] == stage
     cfg = DiffusionTrainConfig.from_params(params)
     assert cfg.batch_size == batch and cfg.ignore_time == 0.25 and cfg.lr == float(_original(name)["trainer"]["lr"])
     assert cfg.precision == "no"  # ImagenTrainer(**config.trainer) got no precision: fp32
@@ -116,7 +116,7 @@ def test_every_key_of_every_params_file_is_read_by_its_stage(path, stage):
     stage_params(stage, path)  # and in range
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("params/diffusion/*.yaml")))
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("params/cascades/*.yaml")))
 def test_cascade_files_hold_only_what_the_cascade_reads(path):
     assert set(load_params(path)) <= set(CASCADE_KEYS)
     assert set(CASCADE_KEYS) == {"ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
@@ -138,7 +138,7 @@ def test_unknown_keys_wrong_types_and_values_fail_with_the_name(tmp_path):
     with pytest.raises(ValueError, match=r"width=.*wrong type"):
         EFTrainConfig.from_params({"width": "16"})
     bad = tmp_path / "cascade.yaml"
-    bad.write_text(yaml.safe_dump({**load_params("params/diffusion/demo.yaml"), "trainer": {"lr": 1.0}}))
+    bad.write_text(yaml.safe_dump({**load_params("params/cascades/demo.yaml"), "trainer": {"lr": 1.0}}))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['trainer'\]"):
         load_cascade_config(bad)
 

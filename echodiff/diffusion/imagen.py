@@ -94,7 +94,7 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
     raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
 
 
-#: the top-level keys of a cascade config (``params/diffusion/*.yaml``, a model folder's ``config.yaml``)
+#: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
                 "lowres_noise_max", "anatomy_frame")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of

@@ -46,7 +46,7 @@ from echodiff.rng import rng_state, seed_everything, set_rng_state
 class DiffusionTrainConfig:
     """One stage's training run (batch sizes in videos, steps in optimizer updates)."""
 
-    model_config: str = "params/diffusion/demo.yaml"  # the cascade's architecture config file
+    model_config: str = "params/cascades/demo.yaml"  # the cascade's architecture config file
     stage: int = 1  # 1-based, as the seed's --stage
     data_root: str = "data/phantom"
     batch_size: int = 4  # per process (the seed's --bs)
@@ -75,9 +75,11 @@ class DiffusionTrainConfig:
         return settings(cls, params, "DiffusionTrainConfig")
 
 
-#: settings that may change when a stage resumes (they do not shape the trained weights)
+#: settings that may change when a stage resumes (they do not shape the trained weights; ``model_config`` is the
+#: file's path: its content, the cascade, is compared with the checkpoint's own copy instead, so a moved or renamed
+#: file resumes and a changed architecture does not)
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every", "val_batches", "num_workers", "cache_dir",
-                     "keep_checkpoints", "resume_from")
+                     "keep_checkpoints", "resume_from", "model_config")
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -103,7 +105,7 @@ class _EpochOrder(torch.utils.data.Sampler):
 
 
 def load_cascade_config(path: str | Path) -> dict[str, Any]:
-    """A cascade config file (``params/diffusion/*.yaml``), checked by :func:`cascade_config`."""
+    """A cascade config file (``params/cascades/*.yaml``), checked by :func:`cascade_config`."""
     return cascade_config(load_params(path), resolve_path(path))
 
 
