@@ -30,9 +30,9 @@ REQUIRED_COLUMNS = ("FileName", "EF", "Split")
 FILELIST_COLUMNS = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split"]
 TRACING_COLUMNS = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 #: Targets needing the two traced frames (EchoNet: "Large" = end-diastole, listed last; "Small" = end-systole).
+TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeTrace", "SmallTrace")
 #: where a diffusion item's anatomy frame comes from (:class:`DiffusionClips`)
 ANATOMY_FRAMES = ("clip", "ed")
-TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeTrace", "SmallTrace")
 TARGETS = ("EF", "EDV", "ESV", "FileName", "Filename", *TRACE_TARGETS)
 
 
@@ -362,6 +362,18 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
         return padded[..., i:i + h, j:j + w]
 
+    def traced_index(self, index: int, large: bool = True) -> int:
+        """Frame index of item ``index``'s traced end-diastolic (``large``) or end-systolic frame (EchoNet lists
+        the small trace first and the large one last)."""
+        frames = list(self.tracings[self.filelist.FileName.iloc[index]])
+        return frames[-1] if large else frames[0]
+
+    def normalised_frame(self, raw: np.ndarray, frame: int) -> torch.Tensor:
+        """Frame ``frame`` of a decoded video ``raw`` (uint8 ``(3, F, H, W)``), normalised as the clips are:
+        float32 ``(3, H, W)``."""
+        image = (raw[:, frame].astype(np.float32) - self.mean[:, 0]) / self.std[:, 0]
+        return torch.from_numpy(np.ascontiguousarray(image))
+
     def target(self, index: int, raw: np.ndarray | None = None) -> object:
         """The target(s) of item ``index`` (see the class docstring)."""
         row = self.filelist.iloc[index]
@@ -372,14 +384,12 @@ class EchoNetDynamic(torch.utils.data.Dataset):
             elif t in ("EF", "EDV", "ESV"):
                 out.append(torch.tensor(float(row[t]), dtype=torch.float32))
             else:
-                frames = list(self.tracings[row["FileName"]])
-                frame = frames[-1] if t.startswith("Large") else frames[0]
+                frame = self.traced_index(index, large=t.startswith("Large"))
                 if t.endswith("Index"):
                     out.append(frame)
                 elif t.endswith("Frame"):
-                    raw = self.video(index) if raw is None else raw
-                    image = (raw[:, frame].astype(np.float32) - self.mean[:, 0]) / self.std[:, 0]
-                    out.append(torch.from_numpy(np.ascontiguousarray(image)))
+                    raw = self.video(index) if raw is None else raw  # decoded once for both traced frames
+                    out.append(self.normalised_frame(raw, frame))
                 else:
                     coords = self.tracings[row["FileName"]][frame]
                     size = (int(row.get("FrameHeight", 112)), int(row.get("FrameWidth", 112)))
@@ -455,8 +465,7 @@ class DiffusionClips(EchoNetDynamic):
         clips, valid = self.clip(index, raw)
         clip = torch.from_numpy(np.ascontiguousarray(clips[0]))
         if self.anatomy == "ed":
-            ed = list(self.tracings[self.filelist.FileName.iloc[index]])[-1]  # EchoNet: the large trace is last
-            anatomy = torch.from_numpy(raw[:, ed].astype(np.float32) / 255.0)
+            anatomy = self.normalised_frame(raw, self.traced_index(index))
         else:
             anatomy = clip[:, int(torch.randint(max(int(valid[0]), 1), ()))].clone()
         return anatomy, self.target(index), clip
