@@ -8,6 +8,7 @@ Browse with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` from th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import tempfile
@@ -44,6 +45,24 @@ def tracking_uri() -> str:
     return uri
 
 
+@contextlib.contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` while this process first opens a SQLite store: MLflow creates and migrates a new
+    database's tables on first use, and two processes doing that at once (a Slurm array's tasks starting together)
+    fail with "table ... already exists". Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 #: MLflow 3's UI opens an experiment in its GenAI view (traces, token usage) unless this tag says it holds model
 #: training runs: ours open in the runs table with their metrics.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -54,7 +73,8 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     database, e.g. ``mlruns/artifacts``; a server's default otherwise) and make it current; return its id."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    with _first_use_lock(uri):
+        found = mlflow.get_experiment_by_name(experiment)  # a new SQLite store gets its tables here
     if found is not None:
         experiment_id = found.experiment_id
         if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made before, or by another tool

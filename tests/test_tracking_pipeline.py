@@ -60,6 +60,19 @@ def test_a_requeued_slurm_job_carries_on_in_its_own_run(monkeypatch):
     assert len({first.info.run_id, third.info.run_id, fourth.info.run_id}) == 3
 
 
+def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
+    """A Slurm array's tasks start together on a store nobody has opened: each creates the database's tables on
+    first use, and without a lock all but one die with "table ... already exists"."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    code = "from echodiff import tracking; tracking.setup('together')"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    assert mlflow.tracking.MlflowClient(uri).get_experiment_by_name("together") is not None
+
+
 def test_load_params_overrides(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("a: 1\nb: text\n")
@@ -266,10 +279,11 @@ def test_a_terminated_pipeline_ends_its_runs_killed_and_orphans_are_closed(tmp_p
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     spec = _pipeline(tmp_path, data_root=str(tmp_path / "phantom"), phantom_videos=40, phantom_seed=4)
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    client = mlflow.tracking.MlflowClient(uri)
+    client.search_experiments()  # this process creates the store's tables before the pipeline opens it
     proc = subprocess.Popen([sys.executable, "-m", "echodiff.pipeline", "-f", str(spec), "--out",
                              str(tmp_path / "runs")], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    client = mlflow.tracking.MlflowClient(uri)
     deadline = time.time() + 240
     while time.time() < deadline and not (tmp_path / "phantom" / "Videos").is_dir():  # the stage is running
         time.sleep(0.5)
