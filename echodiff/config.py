@@ -74,6 +74,7 @@ STAGE_NOTEBOOKS = {
 }
 #: keys a stage's command line reads beyond its notebook's parameters
 CLI_KEYS = {
+    "data": ("run_name",),
     "ef_regression": ("run_name",),
     "diffusion": ("run_name",),
     "evaluate": ("chunk",),  # one Slurm array task's chunk; the notebook runs every chunk

@@ -147,6 +147,35 @@ def test_killed_process_resumes_from_its_last_checkpoint(learn_root, tmp_path):
     assert list(history.epoch) == list(range(saved + 2))
 
 
+def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_checkpoint_whole(learn_root, tmp_path):
+    """SIGKILL while ``last.pt`` is half written (a slowed writer stops there): the previous checkpoint stays whole
+    under its name and the next run resumes from it."""
+    ckpt, writing = tmp_path / "cut", tmp_path / "writing"
+    code = ("import os, pathlib, time, torch; from echodiff.ef_training import EFTrainConfig, train_ef_regressor\n"
+            "save = torch.save\n"
+            "def half_then_hang(state, f):  # the third last.pt: half its bytes written, then the kill\n"
+            "    save(state, f)\n"
+            "    if state.get('epoch') == 2 and 'last.pt' in str(f):\n"
+            "        os.truncate(f, os.path.getsize(f) // 2)\n"
+            f"        pathlib.Path({str(writing)!r}).touch(); time.sleep(600)\n"
+            "torch.save = half_then_hang\n"
+            f"train_ef_regressor(EFTrainConfig(data_root={str(learn_root)!r}, **{dict(TINY, epochs=50)!r}), "
+            f"{str(ckpt)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not writing.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert writing.exists(), proc.stderr.read() if proc.poll() is not None else "no write began in 300 s"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert load_checkpoint(ckpt / "last.pt")["epoch"] == 1  # whole, without falling back to last.1.pt
+    cfg = EFTrainConfig(data_root=str(learn_root), **dict(TINY, epochs=3))
+    _, history = train_ef_regressor(cfg, ckpt)
+    assert list(history.epoch) == [0, 1, 2]
+
+
 def test_predict_protocols(learn_root, tmp_path):
     cfg = EFTrainConfig(data_root=str(learn_root), **dict(TINY, epochs=1))
     model, _ = train_ef_regressor(cfg, tmp_path / "p")

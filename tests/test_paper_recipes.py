@@ -167,7 +167,7 @@ def _readme_and_slurm_commands() -> list[list[str]]:
     the usage its header gives (``$1`` etc. filled from that usage)."""
     commands = []
     code = "\n".join(re.findall(r"^```bash\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S))
-    clis = r"echodiff\.(?:ef_training|diffusion\.training|evaluation|rebalance)"
+    clis = r"echodiff\.(?:data_stage|ef_training|diffusion\.training|evaluation|rebalance)"
     for line in re.findall(r"^.*-m " + clis + r" .*$", code, re.M):
         words = shlex.split(line.split("#")[0].replace("\\", ""))
         start = words.index("-m")
@@ -192,7 +192,7 @@ def test_readme_and_slurm_command_lines_parse_as_written(capsys):
     start per command)."""
     commands = _readme_and_slurm_commands()
     modules = {c[0] for c in commands}
-    assert {"echodiff.ef_training", "echodiff.diffusion.training", "echodiff.evaluation",
+    assert {"echodiff.data_stage", "echodiff.ef_training", "echodiff.diffusion.training", "echodiff.evaluation",
             "echodiff.rebalance"} <= modules, commands
     assert any("chunk=3" in c for c in commands)  # the cluster evaluation, as slurm/evaluate_chunk.sbatch runs it
     for command in commands:

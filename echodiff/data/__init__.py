@@ -10,10 +10,12 @@ from echodiff.data.echonet import (
     read_filelist,
     read_tracings,
     trace_mask,
+    tracing_efs,
 )
 from echodiff.data.video import CacheSpaceError, VideoCache, VideoError, read_video, write_video
 
 __all__ = [
     "ANATOMY_FRAMES", "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
-    "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "write_video",
+    "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "tracing_efs",
+    "write_video",
 ]

@@ -133,6 +133,17 @@ def disc_volume(coords: np.ndarray) -> float:
     return float(np.pi / 4.0 * np.sum(chords**2) * axis / len(chords))
 
 
+def tracing_efs(tracings: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
+    """EF (%) of every video with two traced frames: ``100 (EDV - ESV) / EDV`` by the method of discs, ED being
+    the larger traced volume (EchoNet-Dynamic lists ES first, ED last). ``tracings`` as :func:`read_tracings`."""
+    out = {}
+    for name, frames in tracings.items():
+        if len(frames) >= 2:
+            volumes = [disc_volume(coords) for coords in frames.values()]
+            out[name] = 100.0 * (max(volumes) - min(volumes)) / max(volumes)
+    return out
+
+
 def clip_positions(n_frames: int, length: int | None, step: float, max_length: int | None) -> tuple[int, int]:
     """Clip length and number of possible integer start frames for a video of ``n_frames`` frames.
 
