@@ -88,7 +88,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
                      "window_frames"), (1, None)),
     **dict.fromkeys(("lr", "fps", "bin_width", "variant_bin_width", "eval_bin_width", "report_bin_width",
                      "gif_fps"), (1e-12, None)),
-    **dict.fromkeys(("ignore_time", "ema_beta", "momentum", "ef_balance"), (0.0, 1.0)),
+    **dict.fromkeys(("ignore_time", "ema_beta", "momentum"), (0.0, 1.0)),
     **dict.fromkeys(("weight_decay", "churn", "sample_churn", "cond_scale", "seed", "phantom_seed", "pad",
                      "num_workers", "ema_update_after_step", "ema_update_every", "chunk", "n_gifs", "n_samples",
                      "bootstrap", "keep_checkpoints"), (0, None)),
