@@ -149,6 +149,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     Logs ``train_loss``, ``val_loss`` and ``lr`` per epoch to the active MLflow run, if any (main process).
     ``stop_after_epochs`` ends this call early after that many epochs (the checkpoint allows resuming).
     """
+    # Data, precision and the process group.
     checkpoint_dir = resolve_path(checkpoint_dir)
     train_mean = _check_splits(cfg)
     train_data = cfg.train_dataset()
@@ -160,6 +161,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
         precision = "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),  # CPU processes: gloo
                               gradient_accumulation_steps=cfg.grad_accum)
+    # The model (initial weights are part of the run: seeded first) and its optimizer.
     seed_everything(cfg.seed)
     bias = train_mean if cfg.bias is None else cfg.bias
     mean, std = (0.0,) * 3, (1.0,) * 3
@@ -177,6 +179,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_period or 10**9, gamma=0.1)
+    # Resume from the last whole checkpoint, refusing one made with other settings.
     start_epoch, best_val, history = 0, float("inf"), []
     last = checkpoint_dir / "last.pt"
     source, keep = resume_source(last, resolve_path(cfg.resume_from) if cfg.resume_from else None,
@@ -207,6 +210,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
     todo = f"epochs {start_epoch}..{cfg.epochs - 1}" if start_epoch < cfg.epochs else "all epochs already done"
     accelerator.print(f"ef_training: {len(train_data)} TRAIN / {len(val_data)} VAL videos, {todo}, width "
                       f"{cfg.width}, {cfg.frames} frames at {cfg.image_size} px, device {accelerator.device}")
+    # Train: one epoch per pass, then VAL loss and a whole checkpoint (main process only).
     ran = 0
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and ran >= stop_after_epochs:
@@ -251,6 +255,7 @@ def train_ef_regressor(cfg: EFTrainConfig, checkpoint_dir: str | Path, resume: b
             print(f"epoch {epoch}: train_loss {row['train_loss']:.2f} val_loss {val_loss:.2f} "
                   f"({row['seconds']:.0f} s){' *' if improved else ''}", flush=True)
         ran += 1
+    # The best-on-VAL model, read back from its checkpoint.
     accelerator.wait_for_everyone()
     best = checkpoint_dir / "best.pt"
     if best.is_file():

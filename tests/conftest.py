@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 from ci_rule import pytest_configure, pytest_runtest_makereport  # noqa: F401 -- the hooks, re-exported to pytest
-from test_diffusion import tiny_config
+from helpers import tiny_config
 
 from echodiff import phantom
 from echodiff.diffusion import CascadeModel, save_model_folder

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import tiny_config
 
 from echodiff import evaluation, phantom
 from echodiff.device import compute_device, gpus_allocated
@@ -23,16 +24,6 @@ from echodiff.preempt import STOP_FILE_ENV, StopRequested
 REPO = Path(__file__).resolve().parents[1]
 TINY_EF = dict(frames=4, fps=8.0, image_size=16, width=4, batch_size=4, lr=1e-3, mixed_precision="no",
                num_workers=0, bias=None, eval_batch_size=8, pad=None)
-
-
-def _tiny_cascade(channels: int = 3) -> dict:
-    """A one-stage cascade of 16-px, 4-frame videos that trains and samples in seconds."""
-    unet = dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, max_text_len=1, layer_attns=False,
-                layer_cross_attns=[False, True], cond_images_channels=3, attend_at_middle=False, attn_heads=2,
-                attn_dim_head=8, init_cross_embed=False, use_global_context_attn=False)
-    return {"unets": {"unet1": unet}, "frames": 4, "fps": 8.0, "channels": channels,
-            "imagen": {"image_sizes": [16], "temporal_downsample_factor": [1], "num_sample_steps": 2,
-                       "sigma_data": 0.25}}
 
 
 def test_a_phantom_is_written_only_where_one_was_asked_for(tmp_path):
@@ -97,7 +88,7 @@ def test_ef_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_ro
 
 def test_diffusion_trainer_falls_back_to_the_previous_checkpoint_or_says_why(phantom_root, tmp_path, capsys):
     cascade = tmp_path / "tiny.yaml"
-    cascade.write_text(yaml.safe_dump(_tiny_cascade(channels=1)))
+    cascade.write_text(yaml.safe_dump(tiny_config(channels=1)))
     cfg = dict(model_config=str(cascade), data_root=str(phantom_root), batch_size=2, checkpoint_every=1, val_every=10,
                val_batches=1, precision="no", seed=1)
     train_stage(DiffusionTrainConfig(**cfg, steps=2), tmp_path / "ckpt")
@@ -120,7 +111,7 @@ def test_diffusion_trainer_falls_back_to_the_previous_checkpoint_or_says_why(pha
 
 def test_a_score_chunk_stops_after_its_batch_when_asked_and_resumes(phantom_root, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    model = CascadeModel(_tiny_cascade()).eval()
+    model = CascadeModel(tiny_config(channels=3)).eval()
     regressor = EFRegressor(4, bias=50.0).eval()
     cfg = evaluation.ScoreConfig(data_root=str(phantom_root), max_videos=2, batch_videos=1, sample_steps=2)
     out = tmp_path / "scores.csv"

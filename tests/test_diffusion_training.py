@@ -3,6 +3,7 @@
 import pytest
 import torch
 import yaml
+from helpers import tiny_config
 
 from echodiff.diffusion import import_imagen, load_model_folder, sample
 from echodiff.diffusion.training import (
@@ -14,7 +15,6 @@ from echodiff.diffusion.training import (
     train_stage,
     window,
 )
-from tests.test_diffusion import tiny_config
 
 
 @pytest.fixture

@@ -11,17 +11,12 @@ import mlflow
 import pytest
 import torch
 import yaml
+from helpers import tiny_config
 
 from echodiff.ef_training import load_checkpoint
 
-TINY_CASCADE = {
-    "ef_embedding": "ef_flag", "channels": 1, "frames": 4, "fps": 8.0,
-    "unets": {"unet1": {"dim": 8, "dim_mults": [1, 2], "num_resnet_blocks": 1, "max_text_len": 1,
-                        "layer_attns": False, "layer_cross_attns": [False, True], "cond_images_channels": 3,
-                        "attend_at_middle": False, "attn_heads": 2, "attn_dim_head": 8, "init_cross_embed": False,
-                        "use_global_context_attn": False}},
-    "imagen": {"image_sizes": [16], "temporal_downsample_factor": [1], "num_sample_steps": 3, "sigma_data": 0.25,
-               "S_churn": 40, "cond_drop_prob": 0.1, "resize_mode": "area"}}
+TINY_CASCADE = tiny_config(channels=1)
+TINY_CASCADE["imagen"]["resize_mode"] = "area"
 
 
 def launch(module: str, params: Path, overrides: list[str], store: Path, processes: int) -> str:

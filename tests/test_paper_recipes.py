@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import tiny_config
 
 from echodiff import evaluation
 from echodiff.config import load_params, stage_keys, stage_params
@@ -209,22 +210,13 @@ def test_resuming_with_other_settings_is_refused(phantom_root, tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(lr: 0.001 -> 0.01\)"):
         train_ef_regressor(EFTrainConfig(**{**tiny, "epochs": 3, "lr": 1e-2}), tmp_path / "ef")
     cascade = tmp_path / "tiny.yaml"
-    cascade.write_text(yaml.safe_dump(_tiny_cascade()))
+    cascade.write_text(yaml.safe_dump(tiny_config(channels=1)))
     cfg = dict(model_config=str(cascade), data_root=str(phantom_root), batch_size=2, steps=1, checkpoint_every=1,
                val_every=10, val_batches=1, precision="no", seed=1)
     train_stage(DiffusionTrainConfig(**cfg), tmp_path / "diffusion")
     train_stage(DiffusionTrainConfig(**{**cfg, "steps": 2}), tmp_path / "diffusion")  # more steps: a resume
     with pytest.raises(ValueError, match=r"stage 1 was trained with other settings \(batch_size: 2 -> 4\)"):
         train_stage(DiffusionTrainConfig(**{**cfg, "steps": 3, "batch_size": 4}), tmp_path / "diffusion")
-
-
-def _tiny_cascade() -> dict:
-    unet = dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, max_text_len=1, layer_attns=False,
-                layer_cross_attns=[False, True], cond_images_channels=3, attend_at_middle=False, attn_heads=2,
-                attn_dim_head=8, init_cross_embed=False, use_global_context_attn=False)
-    return {"unets": {"unet1": unet}, "imagen": {"image_sizes": [16], "temporal_downsample_factor": [1],
-                                                 "num_sample_steps": 2, "sigma_data": 0.25},
-            "frames": 4, "fps": 8.0, "channels": 1}
 
 
 def test_a_folder_in_the_original_release_layout_samples_and_evaluates(phantom_root, tmp_path):

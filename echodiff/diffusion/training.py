@@ -132,6 +132,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     the active MLflow run, if any, in one request per checkpoint. ``stop_after_steps`` ends this call early (to
     resume later).
     """
+    # The cascade (initial weights are part of the run: seeded first) and its trainer.
     checkpoint_dir = resolve_path(checkpoint_dir)
     config = load_cascade_config(cfg.model_config)
     seed_everything(cfg.seed)  # before building: the initial weights are part of the run
@@ -139,6 +140,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     kind = config.get("ef_embedding", "ef_flag")
     size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
     path = checkpoint_dir / "trainer.pt"
+    # Resume from the last whole checkpoint, refusing one made with another cascade or other settings.
     history: list[dict[str, float]] = []
     stage_settings: dict[int, dict[str, Any]] = {}  # per stage: the settings it was trained with
     source, keep = resume_source(path, resolve_path(cfg.resume_from) if cfg.resume_from else None,
@@ -166,6 +168,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     if trainer.accelerator.num_processes > 1 and trainer.accelerator.process_index > 0:
         # same initial weights everywhere (above), but each process draws its own noise levels and noise
         torch.manual_seed(cfg.seed + 1_000_003 * trainer.accelerator.process_index + int(trainer.steps[cfg.stage - 1]))
+    # Data: TRAIN clips in a (seed, epoch) order that a resume continues exactly; fixed VAL batches.
     cache = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
     data = cascade_clips(config, resolve_path(cfg.data_root), "train", cache)
     val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache)
@@ -178,6 +181,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
                   f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
                   f"device {trainer.device}")
+    # Train: one optimizer step per batch; metrics logged and a whole checkpoint written every checkpoint_every.
     ran, start, pending, saved_at = 0, time.perf_counter(), [], step  # pending: history rows not yet logged
     bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", unit="step", disable=not trainer.is_main,
                mininterval=5.0)
