@@ -71,6 +71,7 @@ STAGE_NOTEBOOKS = {
     "evaluate": "notebooks/03_evaluate.ipynb",
     "rebalance": "notebooks/04_rebalance.ipynb",
     "report": "notebooks/05_report.ipynb",
+    "explore": "notebooks/06_explore.ipynb",  # not a pipeline stage: the interactive explorer
 }
 #: keys a stage's command line reads beyond its notebook's parameters
 CLI_KEYS = {

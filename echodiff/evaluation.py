@@ -221,6 +221,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     (``Videos/<FileName>_<mode>_<noise>.avi``, see :func:`write_video_filelist`) and a GIF per video
     (real | candidates). Returns this chunk's rows.
     """
+    # This chunk's videos, and what an earlier run of it already scored (same settings, or an error).
     out_csv = Path(out_csv)
     data = _clips(model.config, cfg)
     n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
@@ -237,6 +238,8 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     fps = model.config.get("fps")
     judge = fit_area_judge(model, cfg)
     batches = [indices[i:i + cfg.batch_videos] for i in range(0, len(indices), cfg.batch_videos)]
+    # Per batch of videos: sample num_noise candidates each, judge them (regressor, LV area, SSIM, LPIPS), and
+    # rewrite the CSV (features first) so that a killed job resumes after the last whole batch.
     for batch in tqdm(batches, desc=f"{cfg.mode} chunk {cfg.chunk}/{cfg.chunks}", disable=not progress):
         names = [data.filelist.FileName.iloc[i] for i in batch]
         done = rows[rows.FileName.isin(names)]

@@ -145,6 +145,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
     this parent run (:func:`open_parent`). Executed notebooks go to ``out/<parent run id>/``.
     Raises ``papermill.PapermillExecutionError`` (with the failing cell's error) when a stage fails.
     """
+    # Check the whole file and every stage's parameters before any run starts.
     spec = load_params(pipeline_file)
     experiment = spec.get("experiment", tracking.DEFAULT_EXPERIMENT)
     names = [s["name"] for s in spec["stages"]]
@@ -153,6 +154,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
         raise ValueError(f"unknown stage(s) {sorted(unknown)} in {pipeline_file} (stages: {names})")
     rerun_from = names.index(start_from) if start_from else len(names)
     stage_params = _check_stages(spec, pipeline_file, load_params(None, overrides))  # before any run starts
+    # The store: close what dead processes left RUNNING; open (or continue) the parent run.
     experiment_id = tracking.setup(experiment)
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri())
     tracking.close_orphans(client, experiment_id)
@@ -166,6 +168,7 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
         mlflow.log_params({"pipeline_file": str(pipeline_file), "stages": ",".join(names)})
         out_dir = resolve_path(out) / parent.info.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Each stage: wire its inputs, reuse an unchanged finished run, else execute its notebook in a child run.
         for index, stage in enumerate(spec["stages"]):
             name = stage["name"]
             params = dict(stage_params[name])

@@ -54,7 +54,7 @@ def lab(tmp_path, saved_models, phantom_root):
     papermill.execute_notebook(
         str(repo_root() / "notebooks" / "06_explore.ipynb"), str(root / "explore.ipynb"), prepare_only=True,
         parameters={"cascade": str(cascade), "regressor": str(regressor), "data_root": str(phantom_root),
-                    "steps": 2, "candidates": 2, "out_dir": str(tmp_path / "saved")})
+                    "sample_steps": 2, "candidates": 2, "out_dir": str(tmp_path / "saved")})
     port, token = _free_port(), "echodiff-test"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")

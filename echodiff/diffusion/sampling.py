@@ -139,6 +139,7 @@ def sample(
         last_stage: stop after this stage (1-based; default: all), e.g. to look at stage 1's low-resolution
             videos; they come out at that stage's size.
     """
+    # Check the conditions against the model: anatomy size, one EF per frame, frames, stages.
     anatomy = torch.as_tensor(anatomy, dtype=torch.float32)
     if anatomy.ndim == 3:
         anatomy = anatomy[None]
@@ -166,6 +167,7 @@ def sample(
     devices = [device] if device.type == "cuda" else []
     if solver == "dpmpp_2m" and churn is not None and any(c != 0 for c in _per_stage(model, "churn", churn)):
         raise ValueError(f"the dpmpp_2m solver is deterministic: churn must be None or 0, got {churn!r}")
+    # Sample in batches under the chosen solver and step counts, with a forked RNG (the caller's is left as it was).
     with torch.random.fork_rng(devices=devices), _sampler_settings(model, steps, churn), _solver(model, solver):
         if seed is not None:
             torch.manual_seed(seed)
