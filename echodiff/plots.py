@@ -13,8 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from PIL import Image
 
+from echodiff.data.video import to_uint8
 from echodiff.io import atomic_path
 
 
@@ -143,8 +145,8 @@ def video_row_gif(videos: list[np.ndarray], path: str | os.PathLike, fps: float,
         tiles = []
         for video in videos:
             frame = video[:, min(t, video.shape[1] - 1)].transpose(1, 2, 0)
-            frame = (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)
-            tiles.append(cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=cv2.INTER_LINEAR))
+            tiles.append(cv2.resize(to_uint8(torch.from_numpy(np.ascontiguousarray(frame))), (size, size),
+                                    interpolation=cv2.INTER_LINEAR))
         frames.append(np.concatenate(tiles, axis=1))
     return write_gif(frames, path, fps)
 

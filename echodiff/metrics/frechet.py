@@ -69,7 +69,7 @@ def load_detector(kind: str, path: str | os.PathLike | None = None) -> torch.jit
 def inception_features(videos: torch.Tensor, detector: torch.jit.ScriptModule, batch_size: int = 64) -> np.ndarray:
     """FID features of every frame of ``(B, 3, T, H, W)`` in [0, 1]: ``(B * T, 2048)``."""
     frames = videos.permute(0, 2, 1, 3, 4).flatten(0, 1)
-    frames = (frames * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    frames = torch.from_numpy(to_uint8(frames))  # the detectors take 0-255 bytes, rounded as every writer rounds
     return torch.cat([detector(chunk, return_features=True).float() for chunk in frames.split(batch_size)]).numpy()
 
 
