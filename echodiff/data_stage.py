@@ -19,7 +19,7 @@ import pandas as pd
 
 from echodiff import phantom, plots, preempt, tracking
 from echodiff.config import print_settings, resolve_path, stage_cli
-from echodiff.data import EchoNetDynamic, read_filelist, read_tracings, tracing_efs
+from echodiff.data import EchoNetDynamic, tracing_efs
 
 #: where the stage writes its tracing GIF (under ``$ECHODIFF_OUTPUTS`` when set, as every ``outputs/`` path)
 OUT_DIR = "outputs/00_data"
@@ -30,9 +30,9 @@ class DataStage:
     """What stage 00 returns (:func:`run_stage`); it also logged it to the active MLflow run."""
 
     root: Path
-    filelist: pd.DataFrame  # FileList.csv as read, with EF_tracings (NaN where a video has < 2 traced frames)
+    filelist: pd.DataFrame  # FileList.csv as the loader reads it, with EF_tracings (NaN: < 2 traced frames)
     notes: list[str]  # what reading FileList.csv dropped or fixed
-    sizes: dict[str, int]  # items per split as the loaders read them
+    sizes: dict[str, int]  # videos per split (train, val, test)
     agreement: pd.Series  # |EF from tracings - CSV EF| (EF points), one per traced video
     figures: dict[str, Any]  # ef_histogram, frames
     gif: Path  # the first video with its tracings (ES green, ED red)
@@ -48,18 +48,18 @@ def run_stage(params: dict[str, Any]) -> DataStage:
     start = time.perf_counter()
     wrote = phantom.prepare(params)
     seconds = time.perf_counter() - start if wrote else None
-    filelist, notes = read_filelist(root)
-    tracings = read_tracings(root)
-    sizes = {split: len(EchoNetDynamic(root, split)) for split in ("train", "val", "test")}
-    filelist["EF_tracings"] = filelist["FileName"].map(tracing_efs(tracings))
+    data = EchoNetDynamic(root, "all")  # reads and checks FileList.csv and VolumeTracings.csv, once
+    filelist = data.filelist.copy()
+    counts = filelist["Split"].value_counts()
+    sizes = {split: int(counts.get(split.upper(), 0)) for split in ("train", "val", "test")}
+    filelist["EF_tracings"] = filelist["FileName"].map(tracing_efs(data.tracings))
     agreement = (filelist["EF_tracings"] - filelist["EF"]).abs().dropna()
-    data = EchoNetDynamic(root, "all")
     shown = list(range(min(3, len(data))))
     videos = [data.video(i) for i in shown]
     figures = {"ef_histogram": plots.ef_histogram(filelist),
                "frames": plots.frame_grid(videos, [f"EF {data.filelist.EF[i]:.0f}%" for i in shown])}
     name = data.filelist.FileName[0]
-    gif = plots.tracing_gif(videos[0], tracings.get(name, {}), resolve_path(OUT_DIR) / f"{name}_tracing.gif",
+    gif = plots.tracing_gif(videos[0], data.tracings.get(name, {}), resolve_path(OUT_DIR) / f"{name}_tracing.gif",
                             fps=int(params.get("gif_fps", 25)))
     tracking.log_table(filelist.drop(columns=["csv_row"]), "FileList.csv")
     for key, figure in figures.items():
@@ -71,7 +71,7 @@ def run_stage(params: dict[str, Any]) -> DataStage:
     if seconds is not None:
         metrics["phantom_videos_per_s"] = len(filelist) / seconds
     mlflow.log_metrics(metrics)
-    return DataStage(root, filelist, notes, sizes, agreement, figures, gif, seconds)
+    return DataStage(root, filelist, data.notes, sizes, agreement, figures, gif, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

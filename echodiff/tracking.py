@@ -45,15 +45,20 @@ def tracking_uri() -> str:
     return uri
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store URI; None for any other store (a server)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def _first_use_lock(uri: str) -> Iterator[None]:
     """Hold ``<database>.lock`` while this process first opens a SQLite store: MLflow creates and migrates a new
     database's tables on first use, and two processes doing that at once (a Slurm array's tasks starting together)
     fail with "table ... already exists". Other stores need no lock."""
-    if not uri.startswith("sqlite:///"):
+    database = _sqlite_file(uri)
+    if database is None:
         yield
         return
-    database = Path(uri[len("sqlite:///"):])
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.with_name(database.name + ".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -81,9 +86,8 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
             mlflow.MlflowClient().set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     else:
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable.
-        location = None  # a server's own default
-        if uri.startswith("sqlite:///"):  # beside the database, never relative to the working directory
-            location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+        database = _sqlite_file(uri)  # artifacts beside it, never relative to the working directory
+        location = None if database is None else (database.parent / "artifacts").as_uri()  # None: a server's own
         try:
             experiment_id = mlflow.create_experiment(experiment, artifact_location=location,
                                                      tags=dict([EXPERIMENT_KIND]))
