@@ -57,14 +57,12 @@ def _peak_gib() -> float:
 
 
 def train_stage(name: str, stage: int, tiny: bool, steps: int) -> dict:
-    from echodiff.diffusion.imagen import CascadeModel, ef_embedding, import_imagen, video_channels
+    from echodiff.diffusion.imagen import ef_embedding, video_channels
+    from echodiff.diffusion.training import DiffusionTrainConfig, make_trainer
 
     config = cascade(name, tiny)
     batch = 1 if tiny else BATCH[name][stage - 1]
-    cuda = torch.cuda.is_available()
-    trainer = import_imagen().ImagenTrainer(imagen=CascadeModel(config).imagen, lr=5e-4, use_ema=True,
-                                            only_train_unet_number=stage, fp16=cuda, verbose=False,
-                                            accelerate_cpu=not cuda)
+    trainer = make_trainer(config, DiffusionTrainConfig(stage=stage, batch_size=batch, precision="fp16"))
     size, frames = config["imagen"]["image_sizes"][-1], config["frames"]
     clip = torch.rand(batch, video_channels(config), frames, size, size)
     anatomy = torch.rand(batch, 3, size, size)
@@ -151,7 +149,10 @@ def regressor(tiny: bool, steps: int) -> dict:
 
 
 def _child(args: list[str], timeout: float) -> dict:
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout)
+    try:
+        done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over its {timeout:.0f} s limit"}
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -173,7 +174,7 @@ def markdown(report: dict) -> str:
                      f"{r['seed_seconds_per_video']:.1f} | {r['evaluations_heun8']} | "
                      f"{r['heun8_seconds_per_video']:.1f} |"
                      if "error" not in r else f"| {name} | error: {r['error']} | | | |")
-    r = report["regressor"]
+    r = report.get("regressor", {})
     lines += ["", f"EF regressor (batch {r.get('batch')}): train {r.get('train_clips_per_s', float('nan')):.1f} "
               f"clips/s, inference {r.get('infer_clips_per_s', float('nan')):.1f} clips/s, peak "
               f"{r.get('peak_gib', float('nan')):.1f} GiB", "", f"wall time {report['seconds']:.0f} s"]
@@ -202,16 +203,23 @@ def main() -> None:
     flags = ["--steps", str(args.steps), "--evals", str(args.evals)] + (["--tiny"] if args.tiny else [])
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "tiny": args.tiny, "training": {}, "sampling": {}}
-    for name, batches in ((n, BATCH[n]) for n in args.cascades):
-        report["training"][name] = [_child(["--one", "train", name, str(k), *flags], 300)
-                                    for k in range(1, len(batches) + 1)]
-        report["sampling"][name] = _child(["--one", "sample", name, *flags], 300)
-    report["regressor"] = _child(["--one", "regressor", *flags], 300)
-    report["seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    (out / "gpu_check.md").write_text(markdown(report))
+
+    def save() -> None:  # after every measurement: a lease that ends early still leaves what was measured
+        report["seconds"] = time.perf_counter() - start
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        (out / "gpu_check.md").write_text(markdown(report))
+
+    for name, batches in ((n, BATCH[n]) for n in args.cascades):
+        report["training"][name] = []
+        for k in range(1, len(batches) + 1):
+            report["training"][name].append(_child(["--one", "train", name, str(k), *flags], 300))
+            save()
+        report["sampling"][name] = _child(["--one", "sample", name, *flags], 300)
+        save()
+    report["regressor"] = _child(["--one", "regressor", *flags], 300)
+    save()
     print(markdown(report))
     failed = [r for stages in report["training"].values() for r in stages if "error" in r] + [
         r for r in (*report["sampling"].values(), report["regressor"]) if "error" in r]

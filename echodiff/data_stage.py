@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 
 from echodiff import phantom, plots, preempt, tracking
 from echodiff.config import print_settings, resolve_path, stage_cli
 from echodiff.data import EchoNetDynamic, tracing_efs
+from echodiff.tracking import mlflow
 
 #: where the stage writes its tracing GIF (under ``$ECHODIFF_OUTPUTS`` when set, as every ``outputs/`` path)
 OUT_DIR = "outputs/00_data"

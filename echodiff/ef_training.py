@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -39,6 +38,7 @@ from echodiff.io import read_checkpoint, resume_source, rotate_checkpoint
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import EFRegressor, build_ef_regressor, regressor_from_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
+from echodiff.tracking import mlflow
 
 
 @dataclass

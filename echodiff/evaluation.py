@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -45,6 +44,7 @@ from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.plots import target_scatter, video_row_gif
+from echodiff.tracking import mlflow
 from echodiff.weights import MissingWeightsError
 
 #: The seed's score columns, in its order.

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -41,6 +40,7 @@ from echodiff.io import atomic_write_csv
 from echodiff.metrics.lv_area import area_curve, ed_outline
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.plots import video_row_gif
+from echodiff.tracking import mlflow
 
 FRAME_SIZE = 112  # px: EchoNet-Dynamic's frames; uploaded frames are area-resampled to it
 UPLOAD_TYPES = (".avi", ".png", ".jpg", ".jpeg")

@@ -42,7 +42,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import nbformat
 import papermill
 
@@ -55,6 +54,7 @@ from echodiff.config import (
     repo_root,
     resolve_path,
 )
+from echodiff.tracking import mlflow
 
 
 def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:

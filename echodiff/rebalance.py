@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -42,6 +41,7 @@ from echodiff.evaluation import check_resume_settings, load_inputs, read_text_co
 from echodiff.io import atomic_write_csv
 from echodiff.metrics import regression_metrics
 from echodiff.models.ef_regressor import regress_ef
+from echodiff.tracking import mlflow
 
 PLAN_COLUMNS = ["ID", "Bin", "TargetEF"]
 REPORT_COLUMNS = ["CondImageFileName", "ID", "TargetEF", "EstimatedEF"]

@@ -17,12 +17,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow.entities import Metric
 
 from echodiff.config import repo_root
 from echodiff.io import atomic_write_csv
+
+
+class _MissingMLflow:
+    """Stands for MLflow where it is not installed (the lent GPU machine that runs benchmarks/gpu_check.py, which
+    logs nothing): importing works, any use raises."""
+
+    def __init__(self, error: ImportError) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        self()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ModuleNotFoundError(f"MLflow is needed here ({self.error}): install the project's environment "
+                                  "(make install, or pip install -r requirements.lock)")
+
+
+try:
+    import mlflow
+    from mlflow.entities import Metric
+except ImportError as missing:
+    mlflow = Metric = _MissingMLflow(missing)
 
 DEFAULT_EXPERIMENT = "echodiff"
 

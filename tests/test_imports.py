@@ -65,3 +65,22 @@ def test_the_ef_stage_does_not_load_imagen():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["False", "False"]
 
+
+
+def test_only_tracking_imports_mlflow_and_without_it_the_core_still_imports(tmp_path):
+    """MLflow is reached through echodiff.tracking alone; where it is missing (the lent GPU machine) every module
+    imports, and the first MLflow call says what to install."""
+    importers = [p.name for p in PACKAGE.rglob("*.py")
+                 if any(isinstance(n, ast.Import | ast.ImportFrom) and "mlflow" in ast.unparse(n).split()[1]
+                        for n in ast.walk(ast.parse(p.read_text())))]
+    assert importers == ["tracking.py"], importers
+    blocker = tmp_path / "mlflow"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('no MLflow here')\n")
+    code = ("import echodiff.evaluation, echodiff.pipeline, echodiff.rebalance, echodiff.explore\n"
+            "from echodiff import tracking\ntracking.setup('x')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1
+    assert "ModuleNotFoundError: MLflow is needed here (no MLflow here)" in proc.stderr, proc.stderr[-2000:]
+    assert "make install" in proc.stderr

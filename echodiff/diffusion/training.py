@@ -116,12 +116,17 @@ def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
     if not 1 <= cfg.stage <= cascade.num_stages:
         raise ValueError(f"stage {cfg.stage} does not exist: {cfg.model_config} has {cascade.num_stages} stage(s)")
     precision = cfg.precision if compute_device().type == "cuda" else "no"
-    return imagen_pytorch.ImagenTrainer(
+    trainer = imagen_pytorch.ImagenTrainer(
         imagen=cascade.imagen, lr=cfg.lr, use_ema=True, only_train_unet_number=cfg.stage,
         precision=None if precision == "no" else precision, fp16=False, split_batches=False, verbose=False,
         ema_beta=cfg.ema_beta, ema_update_after_step=cfg.ema_update_after_step,
         ema_update_every=cfg.ema_update_every,
         accelerate_cpu=not torch.cuda.is_available())  # several CPU processes (torchrun, accelerate) use gloo
+    # Under fp16 ImagenTrainer casts its inputs to half, which ElucidatedImagen refuses ("images tensor needs to be
+    # floats but torch.float16 dtype found", first seen on an H100): inputs stay fp32 and accelerate's autocast
+    # runs the network in fp16.
+    trainer.cast_half_at_training = False
+    return trainer
 
 
 def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: bool = True,

@@ -45,7 +45,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-    root, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2)  # no disp= argument: newer SciPy removed it
     if not np.isfinite(root).all():  # singular product (few samples): regularise as pytorch-fid does
         eps = np.eye(len(mu1)) * 1e-6
         root = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
