@@ -100,9 +100,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--num-noise", type=int, default=2)
     parser.add_argument("--batch-videos", type=int, default=4)
-    parser.add_argument("--cond-scale", type=float, nargs="+", default=[5.0, 1.0],
-                        help="guidance, one value or one per stage (the demo's: 5 on stage 1, 1 after)")
-    parser.add_argument("--settings", nargs="+", default=["dpmpp_2m:4", "dpmpp_2m:6", "dpmpp_2m:8", "heun:4"])
+    parser.add_argument("--cond-scale", type=float, nargs="+", default=[2.5, 1.0],
+                        help="guidance, one value or one per stage (the demo's: 2.5 on stage 1, 1 after)")
+    parser.add_argument("--settings", nargs="+", default=["dpmpp_2m:6", "dpmpp_2m:8,2", "dpmpp_2m:8,4", "heun:4"])
     parser.add_argument("--json", help="also write the table as JSON here")
     args = parser.parse_args()
     args.cond_scale = args.cond_scale[0] if len(args.cond_scale) == 1 else args.cond_scale

@@ -172,11 +172,15 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
         for index, stage in enumerate(spec["stages"]):
             name = stage["name"]
             params = dict(stage_params[name])
-            for key, upstream in (stage.get("inputs") or {}).items():
-                if upstream not in result["stages"]:
-                    raise ValueError(f"stage {name!r} reads {key} from stage {upstream!r}, which has no finished "
-                                     "run yet: run the pipeline without --only first")
-                params[key] = result["stages"][upstream]
+            inputs = stage.get("inputs") or {}
+            missing = {key: upstream for key, upstream in inputs.items() if upstream not in result["stages"]}
+            if missing and only and name not in only:
+                continue  # a later stage, not run now, whose inputs have no run yet (a Slurm chain's first jobs)
+            if missing:
+                key, upstream = next(iter(missing.items()))
+                raise ValueError(f"stage {name!r} reads {key} from stage {upstream!r}, which has no finished "
+                                 "run yet: run the pipeline without --only first")
+            params.update({key: result["stages"][upstream] for key, upstream in inputs.items()})
             notebook = resolve_path(stage["notebook"])
             fingerprint = _fingerprint(notebook, {**params, "experiment": experiment})
             previous = _finished_run(client, experiment_id, name, fingerprint)

@@ -33,7 +33,8 @@ previous=""
 for stage in $stages; do
     dep=()
     [ -n "$previous" ] && dep=(--dependency="afterok:$previous")
-    previous=$(sbatch --parsable "${opts[@]}" "${dep[@]}" --job-name="echodiff-$stage" \
+    # --kill-on-invalid-dep: when a stage fails, the stages after it are cancelled, not left pending forever
+    previous=$(sbatch --parsable --kill-on-invalid-dep=yes "${opts[@]}" "${dep[@]}" --job-name="echodiff-$stage" \
         slurm/stage.sbatch "$pipeline" "$stage" --parent "$parent" "$@")
     echo "$stage $previous"
 done

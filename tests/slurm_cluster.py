@@ -53,6 +53,8 @@ def slurm_cluster(folder: Path) -> Iterator[dict[str, str]]:
         (folder / sub).mkdir(exist_ok=True)
     host = socket.gethostname()
     conf = folder / "slurm.conf"
+    # MinJobAge: finished jobs stay visible to `scontrol show job` for 2 h (default 300 s: the paper study's first
+    # jobs were gone before its last one ended).
     # cred_expire: a requeued job waits this long before it may start again (Slurm's default, 120 s, was most of
     # the requeue test's time)
     conf.write_text(f"""ClusterName=echodifftest
@@ -68,6 +70,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+MinJobAge=7200
 SlurmctldPidFile={folder / 'slurmctld.pid'}
 SlurmdPidFile={folder / 'slurmd.pid'}
 SlurmdSpoolDir={folder / 'spool'}

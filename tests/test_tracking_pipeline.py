@@ -208,22 +208,28 @@ def test_stages_run_as_separate_jobs_share_one_parent_and_a_second_submission_re
     """What slurm/submit_pipeline.sh does: --open-parent once, then one `--only STAGE --parent ID` process per stage;
     submitting again (same file, same -p) continues the same parent and re-runs nothing."""
     produce, consume = _produce_and_consume(tmp_path)
+    report = _tiny_notebook(tmp_path / "report.ipynb", "source = None\nmlflow_run_id = None\nexperiment = 'x'", (
+        "from echodiff import tracking\n"
+        "tracking.start_stage('report', {'source': source}, run_id=mlflow_run_id, experiment=experiment)\n"
+        "tracking.end_stage()"))
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"experiment": "pipeline-chain", "stages": [
         {"name": "produce", "notebook": str(produce)},
-        {"name": "consume", "notebook": str(consume), "inputs": {"source": "produce"}}]}))
+        {"name": "consume", "notebook": str(consume), "inputs": {"source": "produce"}},
+        {"name": "report", "notebook": str(report), "inputs": {"source": "consume"}}]}))  # consume's run: later
     parents, outputs = [], []
     for _ in range(2):  # the chain, submitted twice
         opened = _run(["-f", str(path), "--open-parent", "-p", "value=5"], tmp_path)
         assert opened.returncode == 0, opened.stderr[-2000:]
         parents.append(opened.stdout.strip().splitlines()[-1])
-        for stage in ("produce", "consume"):
+        for stage in ("produce", "consume", "report"):
             job = _run(["-f", str(path), "--only", stage, "--parent", parents[-1], "-p", "value=5"], tmp_path)
             assert job.returncode == 0, job.stderr[-3000:]
             outputs.append(job.stdout)
     assert parents[0] == parents[1]
-    assert "stage produce done" in outputs[0] and "stage consume done" in outputs[1]
-    assert all("skipped" in out and " done" not in out.replace("pipeline: finished", "") for out in outputs[2:])
+    assert [f"stage {s} done" in out for s, out in zip(["produce", "consume", "report"], outputs, strict=False)] == [
+        True] * 3
+    assert all("skipped" in out and " done" not in out.replace("pipeline: finished", "") for out in outputs[3:])
     other = _run(["-f", str(path), "--open-parent", "-p", "value=6"], tmp_path)  # another study: another parent
     assert other.returncode == 0 and other.stdout.strip().splitlines()[-1] != parents[0]
     unknown = _run(["-f", str(path), "--only", "produce", "--parent", "0" * 32], tmp_path)
@@ -232,7 +238,7 @@ def test_stages_run_as_separate_jobs_share_one_parent_and_a_second_submission_re
     try:
         runs = mlflow.search_runs(experiment_names=["pipeline-chain"])
         children = runs[runs["tags.mlflow.parentRunId"].notna()]
-        assert sorted(children["tags.mlflow.runName"]) == ["consume", "produce"]  # no duplicated stage runs
+        assert sorted(children["tags.mlflow.runName"]) == ["consume", "produce", "report"]  # none duplicated
         assert set(children["tags.mlflow.parentRunId"]) == {parents[0]}
         assert (children.status == "FINISHED").all()
         assert mlflow.get_run(parents[0]).info.status == "FINISHED"
