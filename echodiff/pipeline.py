@@ -56,6 +56,10 @@ from echodiff.config import (
 )
 from echodiff.tracking import mlflow
 
+#: the pipeline file's name of the stage a child run ran: what a later run looks up to reuse it. ``echodiff.stage``
+#: is the notebook's kind of stage (``diffusion`` for both of the paper study's diffusion stages), set by the notebook.
+STAGE_TAG = "echodiff.pipeline_stage"
+
 
 def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:
     """What makes a stage's result: the notebook's code cells and its parameters (input run ids included)."""
@@ -67,7 +71,7 @@ def _fingerprint(notebook: Path, params: dict[str, Any]) -> str:
 def _finished_run(client: Any, experiment_id: str, stage: str, fingerprint: str) -> str | None:
     """The newest FINISHED child run of ``stage`` with this fingerprint, if any."""
     runs = client.search_runs(
-        [experiment_id], f"tags.`echodiff.stage` = '{stage}' and tags.`echodiff.fingerprint` = '{fingerprint}' "
+        [experiment_id], f"tags.`{STAGE_TAG}` = '{stage}' and tags.`echodiff.fingerprint` = '{fingerprint}' "
         "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -192,7 +196,8 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
                           flush=True)
                 continue
             child = client.create_run(experiment_id, run_name=name, tags={
-                "mlflow.parentRunId": parent.info.run_id, "echodiff.stage": name, **tracking.owner_tags()})
+                "mlflow.parentRunId": parent.info.run_id, "echodiff.stage": name, STAGE_TAG: name,
+                **tracking.owner_tags()})
             run_id = child.info.run_id
             result["stages"][name] = run_id
             params.update(mlflow_run_id=run_id, experiment=experiment)
