@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from echodiff.io import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 #: the seed's per-GPU batch size per stage (diffusion/slurms/train_<name>_stage<k>.sh, --bs)
 BATCH = {"1SCM": [4], "2SCM": [16, 10], "4SCM": [16, 20, 8, 5]}
@@ -208,8 +210,8 @@ def main() -> None:
 
     def save() -> None:  # after every measurement: a lease that ends early still leaves what was measured
         report["seconds"] = time.perf_counter() - start
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-        (out / "gpu_check.md").write_text(markdown(report))
+        atomic_write_text(json.dumps(report, indent=1), out / "gpu_check.json")  # whole or the previous one
+        atomic_write_text(markdown(report), out / "gpu_check.md")
 
     for name, batches in ((n, BATCH[n]) for n in args.cascades):
         report["training"][name] = []
