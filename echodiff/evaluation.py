@@ -44,6 +44,7 @@ from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.plots import target_scatter, video_row_gif
+from echodiff.seg_judge import SegJudge, SegJudgeConfig, fit_seg_judge
 from echodiff.tracking import mlflow
 from echodiff.weights import MissingWeightsError
 
@@ -76,6 +77,8 @@ class ScoreConfig:
     ef_range: tuple[float, float] = (15.0, 85.0)  # counterfactual targets ~ U(ef_range)
     lpips: bool = False  # needs the VGG-16 weights file (see echodiff.metrics.video.LPIPS)
     cache_dir: str | None = None
+    seg_steps: int = 0  # training steps of the segmentation judge (echodiff.seg_judge); 0: no segmentation judge
+    seg_videos: int = 1000  # TRAIN videos whose two traced frames it learns from
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ScoreConfig:
@@ -95,6 +98,8 @@ class ScoreConfig:
             raise ValueError(f"ef_range must lie within (0, 100] %, got {self.ef_range}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.seg_steps < 0 or self.seg_videos < 1:
+            raise ValueError(f"seg_steps must be >= 0 and seg_videos >= 1, got {self.seg_steps}, {self.seg_videos}")
 
 
 def chunk_indices(n: int, chunk: int, chunks: int) -> range:
@@ -194,6 +199,28 @@ def fit_area_judge(model: CascadeModel, cfg: ScoreConfig, clips: int = 64) -> Ar
     return AreaJudge.fit(np.array(x), np.array(y)) if len(x) >= 3 else None
 
 
+def seg_judge_path(score_csv: str | os.PathLike) -> Path:
+    """Where the segmentation judge of a stage-03 run is kept: beside its score files, shared by modes and chunks."""
+    return Path(score_csv).parent / "lv_segmenter.pt"
+
+
+def load_or_fit_seg_judge(model: CascadeModel, cfg: ScoreConfig, path: str | os.PathLike) -> SegJudge | None:
+    """The segmentation judge (:mod:`echodiff.seg_judge`) at the cascade's output size: read from ``path`` when an
+    earlier mode or chunk trained it (same settings, or an error naming the file), else trained on ``cfg.data_root``
+    (TRAIN's traced frames) and written there atomically. None when ``cfg.seg_steps`` is 0."""
+    if not cfg.seg_steps:
+        return None
+    wanted = SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps, videos=cfg.seg_videos, seed=cfg.seed)
+    path = Path(path)
+    if path.exists():
+        return SegJudge.load(path, wanted)
+    root, cache = resolve_path(cfg.data_root), resolve_path(cfg.cache_dir) if cfg.cache_dir else None
+    judge = fit_seg_judge(cascade_clips(model.config, root, "train", cache), cascade_clips(model.config, root, "val",
+                                                                                            cache), wanted)
+    judge.save(path)
+    return judge
+
+
 def _area_efs(judge: AreaJudge | None, data: DiffusionClips, names: list[str], videos: torch.Tensor,
               real: torch.Tensor, size: int, num_noise: int) -> tuple[np.ndarray, np.ndarray]:
     """LV-area EF (%) of each candidate and (repeated per candidate) of its real clip, both at ``size`` px."""
@@ -237,6 +264,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     device = model.device
     fps = model.config.get("fps")
     judge = fit_area_judge(model, cfg)
+    segmenter = load_or_fit_seg_judge(model, cfg, seg_judge_path(out_csv))
     batches = [indices[i:i + cfg.batch_videos] for i in range(0, len(indices), cfg.batch_videos)]
     # Per batch of videos: sample num_noise candidates each, judge them (regressor, LV area, SSIM, LPIPS), and
     # rewrite the CSV (features first) so that a killed job resumes after the last whole batch.
@@ -255,6 +283,9 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
                         churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver)
         area_ef, ref_area_ef = _area_efs(judge, data, names, videos, real, model.image_size, cfg.num_noise)
+        no_judge = np.full(len(videos), np.nan)
+        seg_ef = segmenter.ef(videos) if segmenter is not None else no_judge
+        ref_seg_ef = np.repeat(segmenter.ef(real), cfg.num_noise) if segmenter is not None else no_judge
         videos = _to_size(videos, real.shape[-3:])
         real_rep = real.repeat_interleave(cfg.num_noise, 0)
         gen_ef, gen_feat = regress_ef(regressor, videos, fps, features=True)
@@ -265,7 +296,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         new = pd.DataFrame({
             "FileName": np.repeat(names, cfg.num_noise), "GT EF": targets.numpy(), "Gen EF": gen_ef.numpy(),
             "Ref EF": ref_ef.numpy(), "SSIM": similarity.numpy(), "LPIPS": perceptual.numpy(),
-            "Area EF": area_ef, "Ref Area EF": ref_area_ef,
+            "Area EF": area_ef, "Ref Area EF": ref_area_ef, "Seg EF": seg_ef, "Ref Seg EF": ref_seg_ef,
             "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings,
             "seconds": (time.perf_counter() - start) / (len(batch) * cfg.num_noise)})
         if videos_dir is not None:
@@ -385,12 +416,13 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     best = select_by_ef(scores)
     out.update({f"best_{k}_gen": v for k, v in ef_scores(best["GT EF"].to_numpy(float),
                                                        best["Gen EF"].to_numpy(float)).items()})
-    judged = scores.dropna(subset=["Area EF", "Ref Area EF"]) if "Area EF" in scores else scores.iloc[:0]
-    if len(judged) >= 2:  # the second judge (LV area), which owes nothing to the EF regressor
-        area_gt = judged["GT EF"].to_numpy(float)
-        for name, column in (("gen", "Area EF"), ("ref", "Ref Area EF")):
-            scores_ = ef_scores(area_gt, judged[column].to_numpy(float))
-            out.update({f"area_avg_{k}_{name}": v for k, v in scores_.items()})
+    for prefix, judge in (("area_avg", "Area EF"), ("seg_avg", "Seg EF")):  # judges that owe nothing to the regressor
+        judged = scores.dropna(subset=[judge, f"Ref {judge}"]) if judge in scores else scores.iloc[:0]
+        if len(judged) >= 2:
+            judge_gt = judged["GT EF"].to_numpy(float)
+            for name, column in (("gen", judge), ("ref", f"Ref {judge}")):
+                scores_ = ef_scores(judge_gt, judged[column].to_numpy(float))
+                out.update({f"{prefix}_{k}_{name}": v for k, v in scores_.items()})
     per_video = scores.groupby("FileName")
     out["avg_ssim"] = float(scores.SSIM.mean())
     out["seed_best_ssim"] = float(per_video.SSIM.max().mean())
@@ -403,11 +435,12 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
 
 def judges_table(summaries: dict[str, dict[str, float]]) -> pd.DataFrame:
     """EF agreement over **all** candidates by both judges side by side, per mode: the EF regressor (``avg_*``) and
-    the LV-area judge (``area_avg_*``, which owes nothing to the regressor); ``real clips`` rows are each judge
+    the LV-area judge (``area_avg_*``) and the segmentation judge (``seg_avg_*``), which owe nothing to the regressor;
+    ``real clips`` rows are each judge
     on the real clips of the same videos (its own accuracy, meaningful in the factual mode)."""
     rows = []
     for mode, s in summaries.items():
-        for judge, prefix in (("EF regressor", "avg"), ("LV area", "area_avg")):
+        for judge, prefix in (("EF regressor", "avg"), ("LV area", "area_avg"), ("LV segmentation", "seg_avg")):
             for what, suffix in (("generated", "gen"), ("real clips", "ref")):
                 if f"{prefix}_r_{suffix}" in s:
                     rows.append({"mode": mode, "judge": judge, "videos": what, "r": s[f"{prefix}_r_{suffix}"],
@@ -504,14 +537,16 @@ class Evaluation:
     summaries: dict[str, dict[str, float]]  # mode -> summarize() + motion + mae_first_candidate
     distances: dict[str, dict[str, float]]  # mode -> FD_EFreg (selected), FD_EFreg_all, FID/FVD when computed
     paper_table: pd.DataFrame  # ours (best and selected protocols) beside the reference README's rows
-    judges: pd.DataFrame  # both EF judges over all candidates
+    judges: pd.DataFrame  # every EF judge over all candidates
+    seg_judge: dict[str, float]  # the segmentation judge's own accuracy on real VAL clips (empty without it)
     gifs: list[Path]  # original | factual | counterfactual, EF-selected
     scatter: Any  # seaborn FacetGrid: regressed vs target EF, all and EF-selected candidates
 
     def metrics(self) -> dict[str, float]:
         """The MLflow metrics: ``<mode>_<name>`` for every finite summary and distance."""
-        return {f"{mode}_{k}": float(v) for mode in self.scores
-                for k, v in {**self.summaries[mode], **self.distances[mode]}.items() if np.isfinite(v)}
+        out = {f"{mode}_{k}": float(v) for mode in self.scores
+               for k, v in {**self.summaries[mode], **self.distances[mode]}.items() if np.isfinite(v)}
+        return out | {f"seg_judge_{k}": float(v) for k, v in self.seg_judge.items() if np.isfinite(v)}
 
 
 def score_all(model: CascadeModel, regressor: EFRegressor, params: dict[str, Any], progress: bool = True,
@@ -596,7 +631,9 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
                                       fps=fps))
     both = pd.concat([rows.assign(mode=m, candidate="all") for m, rows in scores.items()]
                      + [selected[m].assign(mode=m, candidate="EF-selected") for m in scores])
-    result = Evaluation(scores, summaries, distances, table, judges_table(summaries), gifs,
+    seg_file = seg_judge_path(score_path(out, next(iter(scores)), 0, chunks))
+    seg_accuracy = SegJudge.load(seg_file).accuracy if seg_file.exists() else {}
+    result = Evaluation(scores, summaries, distances, table, judges_table(summaries), seg_accuracy, gifs,
                         target_scatter(both))
     if log:
         for mode, rows in scores.items():
@@ -604,6 +641,8 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
         mlflow.log_metrics(result.metrics())
         tracking.log_table(result.paper_table, "paper_table.csv")
         tracking.log_table(result.judges, "judges.csv")
+        if seg_file.exists():
+            tracking.log_file(seg_file, "judges")
         tracking.log_figure(result.scatter.figure, "ef_scatter.png")
         for gif in gifs:
             tracking.log_file(gif, "gifs")

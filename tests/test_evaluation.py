@@ -296,7 +296,8 @@ def test_chunked_command_line_and_notebook_evaluation_leave_the_same_mlflow_reco
               "make_phantom": False, "split": "val", "modes": ["factual", "counterfactual"], "num_noise": 2,
               "max_videos": 2, "batch_videos": 1, "chunks": 2, "sample_steps": 2, "sample_churn": 0.0,
               "cond_scale": 1.0, "lpips": False, "fid_fvd": False, "export_frames": False, "n_gifs": 1,
-              "model_name": "tiny", "experiment": "evaluate-two-ways", "out_dir": str(tmp_path / "cli")}
+              "model_name": "tiny", "experiment": "evaluate-two-ways", "out_dir": str(tmp_path / "cli"),
+              "seg_steps": 20}
     params_file = tmp_path / "evaluate.yaml"
     params_file.write_text(yaml.safe_dump(params))
 
@@ -304,9 +305,13 @@ def test_chunked_command_line_and_notebook_evaluation_leave_the_same_mlflow_reco
         return subprocess.run([sys.executable, "-m", "echodiff.evaluation", *args, "-f", str(params_file)],
                               capture_output=True, text=True, timeout=600, cwd=repo_root())
 
+    segmenter = tmp_path / "cli" / "scores" / "lv_segmenter.pt"
+    trained = []  # the segmentation judge's file after each chunk: chunk 0 trains it, chunk 1 reads it
     for chunk in (0, 1):
         proc = cli("score", f"chunk={chunk}")
         assert proc.returncode == 0, proc.stderr[-3000:]
+        trained.append(segmenter.stat().st_mtime_ns)
+    assert trained[0] == trained[1]
     merged = cli("merge")
     assert merged.returncode == 0, merged.stderr[-3000:]
     cli_run = mlflow.get_run(merged.stdout.split("MLflow run ")[-1].strip())
@@ -321,7 +326,8 @@ def test_chunked_command_line_and_notebook_evaluation_leave_the_same_mlflow_reco
     assert cli_run.info.status == notebook_run.info.status == "FINISHED"
     assert set(cli_run.data.metrics) == set(notebook_run.data.metrics) == set(result.metrics())
     assert {"factual_avg_r_gen", "counterfactual_FD_EFreg", "factual_gen_cardiac_fraction",
-            "counterfactual_mae_first_candidate", "factual_area_avg_mae_gen"} <= set(result.metrics())
+            "counterfactual_mae_first_candidate", "factual_area_avg_mae_gen", "counterfactual_seg_avg_slope_gen",
+            "factual_seg_avg_mae_ref", "seg_judge_val_dice"} <= set(result.metrics())
     for key, value in notebook_run.data.metrics.items():
         assert cli_run.data.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
@@ -332,7 +338,7 @@ def test_chunked_command_line_and_notebook_evaluation_leave_the_same_mlflow_reco
 
     assert artifacts(cli_run.info.run_id) == artifacts(notebook_run.info.run_id) >= {
         "paper_table.csv", "judges.csv", "ef_scatter.png", "scores_factual.csv", "scores_counterfactual.csv",
-        f"gifs/{scores.FileName.iloc[0]}.gif"}
+        f"gifs/{scores.FileName.iloc[0]}.gif", "judges/lv_segmenter.pt"}
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=cli_run.info.run_id, artifact_path="paper_table.csv",
                                                            dst_path=str(tmp_path / "dl")))
     assert set(table.Task[table.Model == "tiny"]) == {"Generation", "Reconstruction"}
