@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/sampling.py [--model outputs/diffusion/demo/model]
         [--regressor outputs/ef_regression/demo/best.pt] [--videos 8] [--num-noise 2]
-        [--settings dpmpp_2m:4 dpmpp_2m:6 dpmpp_2m:8 heun:4] [--json out.json]
+        [--settings heun:4,4@5,1 dpmpp_2m:8,4 heun:8] [--json out.json]
 
 Baseline: the seed's sampler, i.e. imagen-pytorch's stochastic EDM sampler with the model config's
 ``num_sample_steps`` and ``S_churn``, run twice with different seeds: the difference between the two runs is the
 run-to-run spread that "equal quality" is judged against. Each setting (``solver:steps`` or
-``solver:steps1,steps2`` per stage; ``heun`` settings run deterministic, churn 0) scores the same VAL videos with
+``solver:steps1,steps2`` per stage, optionally ``@sigma_max`` or ``@sigma_max1,sigma_max2``: the noise level each
+stage starts from, default the config's; ``heun`` settings run deterministic, churn 0) scores the same VAL videos with
 counterfactual targets (EF ~ U(15, 85) %, ``num_noise`` candidates each) through
 :func:`echodiff.evaluation.generate_scores`. Printed per setting: network evaluations (U-Net forward passes,
 classifier-free guidance counted) per video, seconds per video, and over **all** candidates: EF MAE, r and slope of
@@ -60,22 +61,25 @@ def count_network_evaluations(model: torch.nn.Module) -> Iterator[list[int]]:
             del unet.forward  # back to the class's method
 
 
-def parse_setting(text: str) -> tuple[str, int | list[int]]:
-    """``dpmpp_2m:6`` -> ('dpmpp_2m', 6); ``heun:8,4`` -> ('heun', [8, 4])."""
-    solver, _, steps = text.partition(":")
+def parse_setting(text: str) -> tuple[str, int | list[int], float | list[float] | None]:
+    """``dpmpp_2m:6`` -> ('dpmpp_2m', 6, None); ``heun:4,4@5,1`` -> ('heun', [4, 4], [5.0, 1.0])."""
+    solver, _, rest = text.partition(":")
+    steps, _, sigma_max = rest.partition("@")
     values = [int(s) for s in steps.split(",") if s]
+    levels = [float(s) for s in sigma_max.split(",") if s]
     if not values:
-        raise SystemExit(f"setting {text!r}: write solver:steps, e.g. dpmpp_2m:6 or heun:8,4")
-    return solver, values[0] if len(values) == 1 else values
+        raise SystemExit(f"setting {text!r}: write solver:steps[@sigma_max], e.g. dpmpp_2m:6 or heun:4,4@5,1")
+    return (solver, values[0] if len(values) == 1 else values,
+            None if not levels else levels[0] if len(levels) == 1 else levels)
 
 
-def run(model, regressor, args, solver: str, steps, churn, seed: int, folder: Path) -> dict[str, float]:
+def run(model, regressor, args, solver: str, steps, churn, seed: int, folder: Path, sigma_max=None) -> dict[str, float]:
     """Score ``--videos`` VAL videos with one sampler setting; return its cost and quality."""
     cfg = evaluation.ScoreConfig(data_root=args.data_root, split="val", mode="counterfactual",
                                  num_noise=args.num_noise, max_videos=args.videos, batch_videos=args.batch_videos,
                                  solver=solver, sample_steps=steps, sample_churn=churn, cond_scale=args.cond_scale,
-                                 seed=seed, cache_dir=args.cache_dir)
-    tag = f"{solver}_{steps}_{churn}_{seed}".replace(" ", "")
+                                 seed=seed, cache_dir=args.cache_dir, sample_sigma_max=sigma_max)
+    tag = f"{solver}_{steps}_{churn}_{seed}_{sigma_max}".replace(" ", "")
     csv, videos = folder / f"scores_{tag}.csv", folder / f"videos_{tag}"
     with count_network_evaluations(model) as counts:
         start = time.perf_counter()
@@ -102,7 +106,7 @@ def main() -> None:
     parser.add_argument("--batch-videos", type=int, default=4)
     parser.add_argument("--cond-scale", type=float, nargs="+", default=[2.5, 1.0],
                         help="guidance, one value or one per stage (the demo's: 2.5 on stage 1, 1 after)")
-    parser.add_argument("--settings", nargs="+", default=["dpmpp_2m:6", "dpmpp_2m:8,2", "dpmpp_2m:8,4", "heun:4"])
+    parser.add_argument("--settings", nargs="+", default=["heun:4,4@5,1", "dpmpp_2m:8,4", "heun:8"])
     parser.add_argument("--json", help="also write the table as JSON here")
     args = parser.parse_args()
     args.cond_scale = args.cond_scale[0] if len(args.cond_scale) == 1 else args.cond_scale
@@ -123,8 +127,9 @@ def main() -> None:
             rows[f"seed sampler, seed {seed}"] = run(model, regressor, args, "heun", None, None, seed, Path(tmp))
             print(f"{list(rows)[-1]}: {rows[list(rows)[-1]]}", flush=True)
         for text in args.settings:
-            solver, steps = parse_setting(text)
-            rows[f"{solver} {steps} steps"] = run(model, regressor, args, solver, steps, 0.0, 0, Path(tmp))
+            solver, steps, sigma_max = parse_setting(text)
+            name = f"{solver} {steps} steps" + (f", sigma_max {sigma_max}" if sigma_max is not None else "")
+            rows[name] = run(model, regressor, args, solver, steps, 0.0, 0, Path(tmp), sigma_max)
             print(f"{list(rows)[-1]}: {rows[list(rows)[-1]]}", flush=True)
     print(f"\n| setting | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}")
     for name, r in rows.items():

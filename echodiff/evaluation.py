@@ -52,8 +52,8 @@ from echodiff.weights import MissingWeightsError
 SCORE_COLUMNS = ["FileName", "GT EF", "Gen EF", "Ref EF", "SSIM", "LPIPS"]
 #: What makes each row reproducible and traceable; ``seconds``: wall time of its batch per candidate (sampling
 #: and scoring), what the paper table's sampling time averages.
-RUN_COLUMNS = ["noise", "mode", "seed", "solver", "steps", "churn", "cond_scale", "model_id", "regressor_id", "chunk",
-               "seconds"]
+RUN_COLUMNS = ["noise", "mode", "seed", "solver", "steps", "churn", "sigma_max", "cond_scale", "model_id",
+               "regressor_id", "chunk", "seconds"]
 MODES = ("factual", "counterfactual")
 
 
@@ -71,6 +71,7 @@ class ScoreConfig:
     batch_videos: int = 1  # videos per sampling batch (each with num_noise candidates)
     sample_steps: int | list[int] | None = None  # sampler steps per stage (None: the model config's)
     sample_churn: float | list[float] | None = None  # S_churn per stage (None: the model config's)
+    sample_sigma_max: float | list[float] | None = None  # noise level each stage starts from (None: the config's)
     solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     cond_scale: float | list[float] = 5.0  # one value, or one per stage
     seed: int = 0
@@ -164,7 +165,7 @@ def check_resume_settings(rows: pd.DataFrame, settings: dict[str, Any], path: st
 
 
 #: columns that must agree between a score file and the settings that extend it
-SETTINGS_COLUMNS = ["mode", "solver", "steps", "churn", "cond_scale", "model_id", "regressor_id"]
+SETTINGS_COLUMNS = ["mode", "solver", "steps", "churn", "sigma_max", "cond_scale", "model_id", "regressor_id"]
 
 
 def scale_text(cond_scale: float | list[float]) -> str:
@@ -175,9 +176,10 @@ def scale_text(cond_scale: float | list[float]) -> str:
 
 
 def _settings(cfg: ScoreConfig, model_id: str, regressor_id: str) -> dict[str, Any]:
-    steps, churn = cfg.sample_steps, cfg.sample_churn
+    steps, churn, sigma_max = cfg.sample_steps, cfg.sample_churn, cfg.sample_sigma_max
     return {"mode": cfg.mode, "solver": cfg.solver, "steps": "config" if steps is None else str(steps),
-            "churn": "config" if churn is None else str(churn), "cond_scale": scale_text(cfg.cond_scale),
+            "churn": "config" if churn is None else str(churn),
+            "sigma_max": "config" if sigma_max is None else str(sigma_max), "cond_scale": scale_text(cfg.cond_scale),
             "model_id": str(model_id), "regressor_id": str(regressor_id)}
 
 
@@ -281,7 +283,8 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         targets = torch.tensor([t for *_, t in items]).repeat_interleave(cfg.num_noise)
         seed = _seed(cfg.seed, MODES.index(cfg.mode), batch[0])
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
-                        churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver)
+                        churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver,
+                        sigma_max=cfg.sample_sigma_max)
         area_ef, ref_area_ef = _area_efs(judge, data, names, videos, real, model.image_size, cfg.num_noise)
         no_judge = np.full(len(videos), np.nan)
         seg_ef = segmenter.ef(videos) if segmenter is not None else no_judge

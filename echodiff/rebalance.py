@@ -116,6 +116,7 @@ class GenerateConfig:
     cond_scale: float | list[float] = 1.0  # the seed generates its dataset with guidance scale 1; or one per stage
     sample_steps: Any = None  # sampler steps (one or per stage); None: the model's
     sample_churn: Any = None  # EDM S_churn (one or per stage); None: the model's
+    sample_sigma_max: Any = None  # noise level each stage's sampler starts from (one or per stage); None: the model's
     solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     batch_targets: int = 4  # targets per sampling batch (x num_noise videos); FileList.csv is rewritten after each
     size: int = 112  # written frame size (px), EchoNet-Dynamic's
@@ -144,7 +145,7 @@ def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=[*FILELIST_COLUMNS, *REPORT_COLUMNS])
     frame = read_text_columns(pd.read_csv(path, dtype={"FileName": str, "CondImageFileName": str}), path,
-                              ["Model", "Steps", "Churn", "Solver"])
+                              ["Model", "Steps", "Churn", "Solver", "SigmaMax"])
     missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a synthetic dataset of echodiff (missing {missing}); use another out_root")
@@ -174,7 +175,8 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     done = read_synthetic(out_root)
     settings = {"Model": str(model_id), "Candidates": cfg.num_noise, "CondScale": scale_text(cfg.cond_scale),
                 "Steps": "config" if cfg.sample_steps is None else str(cfg.sample_steps),
-                "Churn": "config" if cfg.sample_churn is None else str(cfg.sample_churn), "Solver": cfg.solver}
+                "Churn": "config" if cfg.sample_churn is None else str(cfg.sample_churn), "Solver": cfg.solver,
+                "SigmaMax": "config" if cfg.sample_sigma_max is None else str(cfg.sample_sigma_max)}
     check_resume_settings(done, settings, out_root / "FileList.csv")
     known = set(done.ID.astype(int)) if len(done) else set()
     dupes = plan.ID[plan.ID.duplicated()].tolist()
@@ -191,7 +193,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
         noise_seed = int(np.random.default_rng([cfg.seed, ids[0], 1]).integers(2**31))
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
                         churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=noise_seed, device=device,
-                        solver=cfg.solver)
+                        solver=cfg.solver, sigma_max=cfg.sample_sigma_max)
         estimated = regress_ef(regressor, videos, fps).reshape(len(ids), cfg.num_noise)
         pick = (estimated - targets.reshape(len(ids), cfg.num_noise)).abs().argmin(1)
         rows = []

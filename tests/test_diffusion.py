@@ -110,6 +110,43 @@ def test_dpmpp_2m_solver_one_pass_per_step_seeded_and_solving_the_same_ode():
         sample(model, anatomy, 50.0, solver="euler")
 
 
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m"])
+def test_sigma_max_sets_the_noise_level_each_stage_starts_from(solver):
+    """``sigma_max`` (one per stage) is where each stage's schedule starts, for both solvers, guided or not; the
+    model's own value is back afterwards; a seed gives the same video; a level at or below sigma_min is refused."""
+    torch.manual_seed(0)
+    model = CascadeModel(tiny_config(2)).eval()
+    anatomy = torch.rand(2, 3, 16, 16)
+    seen = []  # (stage's U-Net, sigma) of every denoiser call
+    forward = model.imagen.preconditioned_network_forward
+
+    def spy(unet_forward, noised, sigma, **kwargs):
+        seen.append((unet_forward.__self__, float(sigma if not torch.is_tensor(sigma) else sigma.flatten()[0])))
+        return forward(unet_forward, noised, sigma, **kwargs)
+
+    model.imagen.preconditioned_network_forward = spy
+    for scale in (1.0, [5.0, 1.0]):
+        seen.clear()
+        a = sample(model, anatomy, [20.0, 70.0], seed=1, steps=3, churn=0.0, cond_scale=scale, solver=solver,
+                   sigma_max=[5.0, 1.0])
+        assert a.shape == (2, 3, 4, 16, 16) and 0 <= float(a.min()) and float(a.max()) <= 1
+        starts = [next(s for u, s in seen if u is unet) for unet in model.imagen.unets]
+        assert starts == pytest.approx([5.0, 1.0]), starts
+        again = sample(model, anatomy, [20.0, 70.0], seed=1, steps=3, churn=0.0, cond_scale=scale, solver=solver,
+                       sigma_max=[5.0, 1.0])
+        assert torch.equal(a, again)
+        assert not torch.equal(a, sample(model, anatomy, [20.0, 70.0], seed=1, steps=3, churn=0.0, cond_scale=scale,
+                                         solver=solver))
+    assert [hp.sigma_max for hp in model.imagen.hparams] == [80, 80]  # imagen-pytorch's default, restored
+    seen.clear()
+    sample(model, anatomy, 50.0, seed=1, steps=3, churn=0.0, solver=solver)
+    assert seen[0][1] == pytest.approx(80.0)
+    with pytest.raises(ValueError, match="sigma_max must exceed each stage's sigma_min"):
+        sample(model, anatomy, 50.0, steps=3, solver=solver, sigma_max=0.001)
+    with pytest.raises(ValueError, match="one per stage"):
+        sample(model, anatomy, 50.0, steps=3, solver=solver, sigma_max=[5.0, 1.0, 1.0])
+
+
 def test_sample_rejects_bad_input():
     model = CascadeModel(tiny_config()).eval()
     with pytest.raises(ValueError, match=r"anatomy must be \(B, 3, 16, 16\)"):

@@ -26,9 +26,10 @@ def _per_stage(model: CascadeModel, name: str, value: float | list[float]) -> li
 
 
 @contextlib.contextmanager
-def _sampler_settings(model: CascadeModel, steps: int | list[int] | None,
-                      churn: float | list[float] | None) -> Iterator[None]:
-    """Temporarily override the EDM sampler's step count and S_churn (one value for all stages, or per stage)."""
+def _sampler_settings(model: CascadeModel, steps: int | list[int] | None, churn: float | list[float] | None,
+                      sigma_max: float | list[float] | None = None) -> Iterator[None]:
+    """Temporarily override the EDM sampler's step count, S_churn and highest noise level (one value for all
+    stages, or per stage)."""
     saved = list(model.imagen.hparams)
     hparams = list(saved)
     if steps is not None:
@@ -41,6 +42,12 @@ def _sampler_settings(model: CascadeModel, steps: int | list[int] | None,
         if any(c < 0 for c in per_stage):
             raise ValueError(f"churn must be >= 0, got {churn!r}")
         hparams = [hp._replace(S_churn=float(c)) for hp, c in zip(hparams, per_stage, strict=True)]
+    if sigma_max is not None:
+        per_stage = _per_stage(model, "sigma_max", sigma_max)
+        low = [hp.sigma_min for hp in hparams]
+        if any(not float(s) > m for s, m in zip(per_stage, low, strict=True)):
+            raise ValueError(f"sigma_max must exceed each stage's sigma_min {low}, got {sigma_max!r}")
+        hparams = [hp._replace(sigma_max=float(s)) for hp, s in zip(hparams, per_stage, strict=True)]
     model.imagen.hparams = hparams
     try:
         yield
@@ -120,6 +127,7 @@ def sample(
     device: str | torch.device | None = None,
     last_stage: int | None = None,
     solver: str = "heun",
+    sigma_max: float | list[float] | None = None,
 ) -> torch.Tensor:
     """Generate videos ``(B, 3, T, H, W)`` in [0, 1] conditioned on anatomy frames and target EFs.
 
@@ -138,6 +146,11 @@ def sample(
         batch_size: videos per forward pass (default: all at once).
         last_stage: stop after this stage (1-based; default: all), e.g. to look at stage 1's low-resolution
             videos; they come out at that stage's size.
+        sigma_max: the noise level each stage's schedule starts from, one value or one per stage (default: the
+            config's, imagen-pytorch's 80). EDM's 80 is 160x its sigma_data of 0.5; with a small ``sigma_data``
+            (the demo's residual: 0.12) most of a few-step schedule is then spent far above any noise level the
+            network was trained on. The demo cascade at 4 + 4 Heun steps: [80, 80] EF slope 0.16, [5, 1] 0.66
+            (benchmarks/README.md, section 1).
     """
     # Check the conditions against the model: anatomy size, one EF per frame, frames, stages.
     anatomy = torch.as_tensor(anatomy, dtype=torch.float32)
@@ -168,7 +181,8 @@ def sample(
     if solver == "dpmpp_2m" and churn is not None and any(c != 0 for c in _per_stage(model, "churn", churn)):
         raise ValueError(f"the dpmpp_2m solver is deterministic: churn must be None or 0, got {churn!r}")
     # Sample in batches under the chosen solver and step counts, with a forked RNG (the caller's is left as it was).
-    with torch.random.fork_rng(devices=devices), _sampler_settings(model, steps, churn), _solver(model, solver):
+    with torch.random.fork_rng(devices=devices), _sampler_settings(model, steps, churn, sigma_max), \
+            _solver(model, solver):
         if seed is not None:
             torch.manual_seed(seed)
         for start in range(0, anatomy.shape[0], batch_size):

@@ -353,7 +353,7 @@ def sample_gifs(model_dir: Path, params: dict[str, Any], out: Path) -> list[Path
         anatomy, ef, clip = val[i]
         small = resize(anatomy[None], cascade.image_size).expand(len(efs), -1, -1, -1)
         videos = sample(cascade, small, efs, steps=params.get("sample_steps"), churn=params.get("sample_churn"),
-                        cond_scale=params.get("cond_scale", 5.0), seed=i)
+                        cond_scale=params.get("cond_scale", 5.0), seed=i, sigma_max=params.get("sample_sigma_max"))
         row = [anatomy[:, None].numpy(), clip.numpy(), *videos.numpy()]
         gifs.append(plots.video_row_gif(row, out / f"sample_{i}.gif", fps=config["fps"]))
         print(f"sample_{i}.gif: anatomy | real (EF {float(ef):.0f}%) | " + " | ".join(f"EF {e:.0f}%" for e in efs))
