@@ -53,8 +53,8 @@ def test_the_paper_study_submitted_twice_is_one_parent_run_with_one_run_per_stag
     stages = [s["name"] for s in spec["stages"]]
     assert stages == ["data", "ef_regression", "diffusion_stage1", "diffusion", "evaluate", "rebalance", "report"]
     jobs_env = dict(cluster, GPUS="0", ECHODIFF_OUTPUTS=str(tmp_path / "outputs"))  # not nbval's output folders
-    proc = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2"], cwd=repo_root(),
-                          capture_output=True, text=True, env=jobs_env, timeout=120)
+    submit = ["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2", "--out", str(tmp_path / "runs")]
+    proc = subprocess.run(submit, cwd=repo_root(), capture_output=True, text=True, env=jobs_env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     jobs = dict(line.split() for line in proc.stdout.splitlines())
     parent = jobs.pop("parent")
@@ -79,8 +79,9 @@ def test_the_paper_study_submitted_twice_is_one_parent_run_with_one_run_per_stag
     assert by_name.loc["diffusion", "params.stage"] == "2" and by_name.loc["diffusion_stage1", "params.stage"] == "1"
     assert by_name.filter(like="metrics.").loc["evaluate"].notna().sum() > 10  # the evaluation's metrics
     # the same study submitted again: same parent, every finished stage reused, no new stage runs
-    again = subprocess.run(["slurm/submit_pipeline.sh", str(pipeline), "-p", "epochs=2"], cwd=repo_root(),
-                           capture_output=True, text=True, env=jobs_env, timeout=120)
+    executed = sorted(p.name for p in (tmp_path / "runs" / parent).glob("*.ipynb"))  # --out reached every job
+    assert len(executed) == len(stages), executed
+    again = subprocess.run(submit, cwd=repo_root(), capture_output=True, text=True, env=jobs_env, timeout=120)
     assert again.returncode == 0, again.stderr
     jobs2 = dict(line.split() for line in again.stdout.splitlines())
     assert jobs2.pop("parent") == parent
