@@ -17,7 +17,7 @@ earlier stages' runs it reads (passed to the notebook as MLflow run ids, so stag
 a pipeline file of bigger sizes is the same stage files with overrides (``params/pipeline/demo_long.yaml``).
 
 Each stage notebook receives ``mlflow_run_id`` (its child run) and ``experiment``; the executed notebook is
-written to ``runs/<parent run id>/`` and logged to the child run, also when the stage fails.
+written to ``runs/<parent run id>/<stage>/`` and logged to the child run, also when the stage fails.
 
 A stage whose notebook, parameters and inputs are unchanged since a FINISHED run is skipped and that run is
 reused (its id feeds later stages); ``--force`` re-runs everything, ``--from S`` re-runs S and what follows.
@@ -201,7 +201,8 @@ def run_pipeline(pipeline_file: str | Path, only: list[str] | None = None,
             run_id = child.info.run_id
             result["stages"][name] = run_id
             params.update(mlflow_run_id=run_id, experiment=experiment)
-            executed = out_dir / notebook.name
+            executed = out_dir / name / notebook.name  # one folder per stage: two stages may run one notebook
+            executed.parent.mkdir(exist_ok=True)
             print(f"pipeline: stage {name} ({notebook.name}) -> run {run_id}", flush=True)
             start = time.perf_counter()
             try:

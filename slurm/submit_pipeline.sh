@@ -3,8 +3,9 @@
 # one MLflow parent run:
 #   slurm/submit_pipeline.sh params/pipeline/demo.yaml [-p key=value ...] [--out DIR]
 # The -p overrides reach every job; --out DIR: where the jobs write their executed notebooks (default runs/, as
-# `python -m echodiff.pipeline`), in DIR/<parent run id>/. Submitting the same file with the same overrides again continues the same
-# parent run, and its finished, unchanged stages are reused, not re-run (their jobs end at once).
+# `python -m echodiff.pipeline`), in DIR/<parent run id>/<stage>/. Submitting the same file with the same overrides
+# again continues the same parent run, and its finished, unchanged stages are reused, not re-run (their jobs end
+# at once).
 # Environment: PARTITION (default: the cluster's), GPUS per job (default 1; 0 for CPU-only clusters),
 #   SBATCH_EXTRA (more sbatch options, e.g. "--account=abc --time=12:00:00"),
 #   PYTHON (the interpreter run here on the login node; default .venv/bin/python; conda: PYTHON=python after

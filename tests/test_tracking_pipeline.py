@@ -118,7 +118,7 @@ def test_pipeline_runs_notebook_00_with_nested_run(tmp_path):
         assert any(a.endswith("_tracing.gif") for a in artifacts)
     finally:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    assert (tmp_path / "runs" / parent.run_id / "00_data.ipynb").is_file()
+    assert (tmp_path / "runs" / parent.run_id / "data" / "00_data.ipynb").is_file()
 
 
 def test_failing_stage_stops_with_the_cells_error(tmp_path):
