@@ -62,6 +62,29 @@ def test_build_checks_the_config():
         build_imagen({"imagen": {}})
 
 
+def test_each_stage_draws_its_initial_weights_from_its_own_seed():
+    """E23's trap: with one global stream, widening stage 1 re-drew stage 2's initial weights, so a one-stage
+    change was compared against another training run of the other stage. Seeded per stage, it is not."""
+    wide = tiny_config(2)
+    wide["unets"]["unet1"] = {**wide["unets"]["unet1"], "dim": 16}
+    state = torch.get_rng_state()
+    base, other = build_imagen(tiny_config(2), seed=3), build_imagen(wide, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream is untouched
+    assert sum(p.numel() for p in base.unets[0].parameters()) != sum(p.numel() for p in other.unets[0].parameters())
+    for a, b in zip(base.unets[1].state_dict().values(), other.unets[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # stage 2: the same initial weights, whatever stage 1 is
+    again, reseeded = build_imagen(tiny_config(2), seed=3), build_imagen(tiny_config(2), seed=4)
+    for stage in (0, 1):
+        first = next(iter(base.unets[stage].parameters()))
+        assert torch.equal(first, next(iter(again.unets[stage].parameters())))
+        assert not torch.equal(first, next(iter(reseeded.unets[stage].parameters())))
+    torch.manual_seed(0)
+    unseeded = build_imagen(wide)  # without a seed, the global stream: widening stage 1 moves stage 2
+    torch.manual_seed(0)
+    assert not torch.equal(next(iter(unseeded.unets[1].parameters())),
+                           next(iter(build_imagen(tiny_config(2)).unets[1].parameters())))
+
+
 @pytest.mark.parametrize("stages", [1, 2])
 def test_sample_shapes_range_and_seed(stages):
     torch.manual_seed(0)

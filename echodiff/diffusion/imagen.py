@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -159,8 +160,17 @@ def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(v) for v in unets.values()]
 
 
-def build_imagen(config: dict[str, Any]) -> torch.nn.Module:
-    """``ElucidatedImagen`` with one ``Unet3D`` per stage, from an EchoDiffusion-style config (see module doc)."""
+def stage_seed(seed: int, stage: int) -> int:
+    """The seed of stage ``stage``'s (1-based) initial weights in a cascade built with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(stage)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def build_imagen(config: dict[str, Any], seed: int | None = None) -> torch.nn.Module:
+    """``ElucidatedImagen`` with one ``Unet3D`` per stage, from an EchoDiffusion-style config (see module doc).
+
+    ``seed``: each stage's initial weights are drawn from their own seed (:func:`stage_seed`), so that changing one
+    stage's architecture leaves every other stage's initial weights as they were (one global stream would re-draw
+    them: docs/generator-experiments.md, E23); the caller's RNG is left as it was. None: from the global RNG."""
     imagen_pytorch = import_imagen()
     kind = config.get("ef_embedding", "ef_flag")
     if kind not in EF_EMBEDDINGS:
@@ -183,7 +193,12 @@ def build_imagen(config: dict[str, Any]) -> torch.nn.Module:
     for i, unet in enumerate(stages):
         unet.setdefault("text_embed_dim", embed_dim)
         unet["channels"] = channels
-        unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
+        if seed is None:
+            unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stage_seed(seed, i + 1))
+            unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
     imagen = imagen_pytorch.ElucidatedImagen(unets=unets, **hparams)
     if config.get("lowres_noise_max") is not None:
         imagen.lowres_noise_schedule.sample_random_times = functools.partial(
@@ -245,10 +260,10 @@ def output_video(generated: torch.Tensor, anatomy: torch.Tensor, config: dict[st
 class CascadeModel(torch.nn.Module):
     """A cascade and its config: ``.imagen`` (``ElucidatedImagen``), ``.config``, ``.steps`` trained per stage."""
 
-    def __init__(self, config: dict[str, Any], imagen: torch.nn.Module | None = None):
+    def __init__(self, config: dict[str, Any], imagen: torch.nn.Module | None = None, seed: int | None = None):
         super().__init__()
         self.config = copy.deepcopy(config)
-        self.imagen = imagen if imagen is not None else build_imagen(self.config)
+        self.imagen = imagen if imagen is not None else build_imagen(self.config, seed)
         self.register_buffer("steps", torch.zeros(len(self.imagen.unets), dtype=torch.long))
 
     @property

@@ -112,7 +112,7 @@ def load_cascade_config(path: str | Path) -> dict[str, Any]:
 def make_trainer(config: dict[str, Any], cfg: DiffusionTrainConfig) -> Any:
     """An ``ImagenTrainer`` over a fresh cascade, training only stage ``cfg.stage``."""
     imagen_pytorch = import_imagen()
-    cascade = CascadeModel(config)
+    cascade = CascadeModel(config, seed=cfg.seed)  # each stage's initial weights from its own seed
     if not 1 <= cfg.stage <= cascade.num_stages:
         raise ValueError(f"stage {cfg.stage} does not exist: {cfg.model_config} has {cascade.num_stages} stage(s)")
     precision = cfg.precision if compute_device().type == "cuda" else "no"
@@ -140,7 +140,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     # The cascade (initial weights are part of the run: seeded first) and its trainer.
     checkpoint_dir = resolve_path(checkpoint_dir)
     config = load_cascade_config(cfg.model_config)
-    seed_everything(cfg.seed)  # before building: the initial weights are part of the run
+    seed_everything(cfg.seed)  # the run's noise and data draws; the initial weights: make_trainer, per stage
     trainer = make_trainer(config, cfg)
     kind = config.get("ef_embedding", "ef_flag")
     size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
