@@ -48,11 +48,11 @@ def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, 
     command = [sys.executable, str(SWEEP), "--regressor", str(_regressor(tmp_path)), "--train", str(train), "--score",
                str(score), "--data-root", str(phantom_root), "--cache-dir", str(tmp_path / "cache"), "--workers", "2",
                "--seeds", "0", "--out", str(out), "--variant", "base",
-               "--variant", "fourier cascade.ef_embedding=ef_fourier score.cond_scale=[4.0,1.0]"]
+               "--variant", "flag cascade.ef_embedding=ef_flag score.cond_scale=[4.0,1.0]"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert sorted(runs) == ["base_s0", "fourier_s0"]
+    assert sorted(runs) == ["base_s0", "flag_s0"]
     for name, run in runs.items():
         for mode in ("factual", "counterfactual"):
             assert run[mode]["candidates"] == 2 and pd.notna(run[mode]["avg_mae_gen"])
@@ -61,12 +61,12 @@ def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, 
         assert run["minutes"]["train"] > 0 and len(run["final_train_loss"]) == 2
         work = out / "work" / name
         scores = pd.read_csv(work / "scores" / "counterfactual.csv")
-        wanted = "ef_fourier" if name.startswith("fourier") else "ef_flag"
+        wanted = "ef_flag" if name.startswith("flag") else "ef_fourier"  # the demo cascade's
         assert yaml.safe_load((work / "model" / "config.yaml").read_text())["ef_embedding"] == wanted
-        assert set(scores.cond_scale) == {"[4.0, 1.0]" if name.startswith("fourier") else "[2.5, 1.0]"}
-    assert runs["fourier_s0"]["edits"]["cascade"] == {"ef_embedding": "ef_fourier"}
+        assert set(scores.cond_scale) == {"[4.0, 1.0]" if name.startswith("flag") else "[2.5, 1.0]"}
+    assert runs["flag_s0"]["edits"]["cascade"] == {"ef_embedding": "ef_flag"}
     table = (out / "sweep.md").read_text()
-    assert "| base | 0 |" in table and "| **fourier** | mean of 1 |" in table
+    assert "| base | 0 |" in table and "| **flag** | mean of 1 |" in table
     assert json.loads((out / "seg_judge.json").read_text())["val_clips"] > 0  # trained once, accuracy kept
     # a second call finds every run finished and trains nothing
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
