@@ -160,6 +160,27 @@ def test_diffusion_view_can_condition_on_the_traced_end_diastolic_frame(phantom_
         DiffusionClips(phantom_copy, "train", anatomy="ed")
 
 
+def test_short_videos_are_zero_padded_or_left_out_of_the_diffusion_view(phantom_root):
+    """A video shorter than one clip ends in black frames ("pad", EchoNet's rule) or is left out ("drop"), judged
+    from FileList.csv's frame count and FPS: every clip of "drop" is real frames to its end."""
+    frames, fps = 48, 16.0  # 3 s: longer than some phantom videos (2-4 heart cycles)
+    padded = DiffusionClips(phantom_root, "all", frames=frames, fps=fps)
+    kept = DiffusionClips(phantom_root, "all", frames=frames, fps=fps, short_videos="drop")
+    duration = padded.filelist.NumberOfFrames / padded.filelist.FPS
+    short = padded.filelist.FileName[(duration - 1 / padded.filelist.FPS) < (frames - 1) / fps].tolist()
+    assert 0 < len(short) < len(padded)  # the test needs both kinds
+    assert kept.dropped_short == short and set(kept.filelist.FileName) == set(padded.filelist.FileName) - set(short)
+    torch.manual_seed(0)
+    last = [float(padded[i][2][:, -1].max()) for i in range(len(padded)) if padded.filelist.FileName[i] in short]
+    assert max(last) == 0.0  # the clip ran past the video's end: black
+    torch.manual_seed(0)
+    assert min(float(kept[i][2].amax((0, 2, 3)).min()) for i in range(len(kept))) > 0.1  # no black frame
+    with pytest.raises(DatasetError, match="short_videos must be one of"):
+        DiffusionClips(phantom_root, "all", frames=frames, fps=fps, short_videos="loop")
+    with pytest.raises(DatasetError, match="shorter than one clip"):
+        DiffusionClips(phantom_root, "all", frames=400, fps=fps, short_videos="drop")
+
+
 def test_seeded_clips_are_reproducible(phantom_root):
     data = EchoNetDynamic(phantom_root, "train", length=8)
     torch.manual_seed(7)

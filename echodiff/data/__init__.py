@@ -3,6 +3,7 @@
 from echodiff.data.echonet import (
     ANATOMY_FRAMES,
     DatasetError,
+    SHORT_VIDEOS,
     DiffusionClips,
     EchoNetDynamic,
     channel_stats,
@@ -15,7 +16,7 @@ from echodiff.data.echonet import (
 from echodiff.data.video import CacheSpaceError, VideoCache, VideoError, read_video, write_video
 
 __all__ = [
-    "ANATOMY_FRAMES", "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "VideoCache", "VideoError", "channel_stats",
+    "ANATOMY_FRAMES", "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "SHORT_VIDEOS", "VideoCache", "VideoError", "channel_stats",
     "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "tracing_efs",
     "write_video",
 ]

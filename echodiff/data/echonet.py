@@ -33,6 +33,8 @@ TRACING_COLUMNS = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeTrace", "SmallTrace")
 #: where a diffusion item's anatomy frame comes from (:class:`DiffusionClips`)
 ANATOMY_FRAMES = ("clip", "ed")
+#: what :class:`DiffusionClips` does with a video shorter than one clip: EchoNet's zero padding, or leave it out
+SHORT_VIDEOS = ("pad", "drop")
 TARGETS = ("EF", "EDV", "ESV", "FileName", "Filename", *TRACE_TARGETS)
 
 
@@ -449,7 +451,9 @@ class DiffusionClips(EchoNetDynamic):
     """Training view for the diffusion models: ``(anatomy (C, H, W), EF in %, clip (C, T, H, W))``, all in [0, 1].
 
     The clip is ``frames`` frames every ``period`` frames, or resampled to ``fps`` (e.g. 2 s at 8 fps = 16
-    frames, as EchoDiffusion's 1SCM), zero-padded when the video is short. The anatomy frame is, with
+    frames, as EchoDiffusion's 1SCM). A video shorter than one clip is zero-padded (``short_videos="pad"``,
+    EchoNet's rule: the clip ends in black frames) or left out (``"drop"``; its names in ``.dropped_short``,
+    judged from the CSV's ``NumberOfFrames`` and ``FPS`` without decoding). The anatomy frame is, with
     ``anatomy="clip"`` (EchoDiffusion's choice), a random unpadded frame of that same clip; with ``"ed"``, the
     video's traced end-diastolic frame (the larger of its two VolumeTracings frames, EchoNet's ``LargeFrame``),
     which may lie outside the clip: every video is then conditioned on the same phase, whose LV is the largest
@@ -457,12 +461,22 @@ class DiffusionClips(EchoNetDynamic):
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", frames: int = 16, period: int = 2,
-                 fps: float | None = None, anatomy: str = "clip", **kwargs):
+                 fps: float | None = None, anatomy: str = "clip", short_videos: str = "pad", **kwargs):
         if anatomy not in ANATOMY_FRAMES:
             raise DatasetError(f"anatomy must be one of {ANATOMY_FRAMES}, got {anatomy!r}")
+        if short_videos not in SHORT_VIDEOS:
+            raise DatasetError(f"short_videos must be one of {SHORT_VIDEOS}, got {short_videos!r}")
         super().__init__(root, split, target_type="EF", length=frames, period=period, fps=fps, clips=1,
                          max_length=None, mean=0.0, std=255.0, **kwargs)
         self.anatomy = anatomy
+        self.dropped_short: list[str] = []
+        if short_videos == "drop":
+            short = [i for i in range(len(self.filelist)) if self._frames(i) - 1 < (frames - 1) * self.step(i) - 1e-6]
+            self.dropped_short = self.filelist.FileName.iloc[short].tolist()
+            self.filelist = self.filelist.drop(index=short).reset_index(drop=True)
+            if not len(self.filelist):
+                raise DatasetError(f"every video of split {self.split} in {self.root / 'FileList.csv'} is shorter "
+                                   f"than one clip ({frames} frames): use short_videos='pad' or shorter clips")
         if anatomy == "ed":
             untraced = [n for n in self.filelist.FileName if len(self.tracings.get(n, {})) < 2]
             if untraced:
@@ -470,6 +484,13 @@ class DiffusionClips(EchoNetDynamic):
                     f"anatomy='ed' needs the traced end-diastolic frame of every video, but {len(untraced)} video(s) "
                     f"of split {self.split} have fewer than 2 traced frames in {self.root / 'VolumeTracings.csv'} "
                     f"(e.g. {untraced[:3]}); add their tracings, or use a cascade with anatomy_frame: clip")
+
+    def _frames(self, index: int) -> int:
+        """Frame count of item ``index``: the CSV's ``NumberOfFrames``, else the video header's."""
+        n = pd.to_numeric(self.filelist.iloc[index].get("NumberOfFrames"), errors="coerce")
+        if n is None or not np.isfinite(n) or n < 1:
+            n = video_header(self.root / "Videos" / f"{self.filelist.iloc[index]['FileName']}.avi")["frames"]
+        return int(n)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raw = self.video(index)

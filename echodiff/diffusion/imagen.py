@@ -146,11 +146,12 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
 
 
 def cascade_clips(config: dict[str, Any], root: str | os.PathLike, split: str,
-                  cache: str | os.PathLike | None = None) -> DiffusionClips:
+                  cache: str | os.PathLike | None = None, short_videos: str = "pad") -> DiffusionClips:
     """The ``split`` of the EchoNet-format folder ``root`` as the cascade ``config`` trains on and is sampled and
-    scored with: its clip length and frame rate, its anatomy frame (``anatomy_frame``)."""
+    scored with: its clip length and frame rate, its anatomy frame (``anatomy_frame``); videos shorter than a clip
+    zero-padded or left out (``short_videos``, :class:`~echodiff.data.DiffusionClips`)."""
     return DiffusionClips(root, split, frames=int(config["frames"]), fps=config.get("fps"),
-                          anatomy=config.get("anatomy_frame", "clip"), cache=cache)
+                          anatomy=config.get("anatomy_frame", "clip"), short_videos=short_videos, cache=cache)
 
 
 def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:

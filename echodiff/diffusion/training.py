@@ -53,6 +53,7 @@ class DiffusionTrainConfig:
     max_batch_size: int | None = None  # micro-batch for gradient accumulation (None: the whole batch)
     ignore_time: float = 0.25  # the seed's --ignore_time: every round(1/p)-th step trains without temporal layers
     window_frames: int | None = None  # train on random windows of this many consecutive frames (None: whole clips)
+    short_videos: str = "pad"  # a video shorter than one clip: zero-padded (EchoNet's rule) or "drop"ped
     lr: float = 5e-4
     steps: int = 1000  # total optimizer steps for this stage
     checkpoint_every: int = 100
@@ -175,8 +176,11 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
         torch.manual_seed(cfg.seed + 1_000_003 * trainer.accelerator.process_index + int(trainer.steps[cfg.stage - 1]))
     # Data: TRAIN clips in a (seed, epoch) order that a resume continues exactly; fixed VAL batches.
     cache = resolve_path(cfg.cache_dir) if cfg.cache_dir else None
-    data = cascade_clips(config, resolve_path(cfg.data_root), "train", cache)
-    val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache)
+    data = cascade_clips(config, resolve_path(cfg.data_root), "train", cache, cfg.short_videos)
+    val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache, cfg.short_videos)
+    if data.dropped_short:
+        trainer.print(f"diffusion: {len(data.dropped_short)} of {len(data) + len(data.dropped_short)} TRAIN videos "
+                      f"are shorter than one clip and left out (short_videos: drop)")
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
