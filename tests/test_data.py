@@ -175,9 +175,16 @@ def test_short_videos_are_zero_padded_or_left_out_of_the_diffusion_view(phantom_
     assert max(last) == 0.0  # the clip ran past the video's end: black
     torch.manual_seed(0)
     assert min(float(kept[i][2].amax((0, 2, 3)).min()) for i in range(len(kept))) > 0.1  # no black frame
+    at_ed = DiffusionClips(phantom_root, "all", frames=frames, fps=fps, anatomy="ed", start="ed", short_videos="drop")
+    assert set(at_ed.dropped_short) > set(short)  # a clip from the traced ED frame needs more of the video
+    for i in range(3):  # every clip begins with its anatomy, the traced end-diastolic frame
+        anatomy, _, clip = at_ed[i]
+        assert torch.equal(clip[:, 0], anatomy) and float(clip[:, -1].max()) > 0.1
+    with pytest.raises(DatasetError, match="start must be one of"):
+        DiffusionClips(phantom_root, "all", frames=frames, fps=fps, start="es")
     with pytest.raises(DatasetError, match="short_videos must be one of"):
         DiffusionClips(phantom_root, "all", frames=frames, fps=fps, short_videos="loop")
-    with pytest.raises(DatasetError, match="shorter than one clip"):
+    with pytest.raises(DatasetError, match="too short for one clip"):
         DiffusionClips(phantom_root, "all", frames=400, fps=fps, short_videos="drop")
 
 

@@ -3,6 +3,7 @@
 from echodiff.data.echonet import (
     ANATOMY_FRAMES,
     DatasetError,
+    CLIP_STARTS,
     SHORT_VIDEOS,
     DiffusionClips,
     EchoNetDynamic,
@@ -16,7 +17,7 @@ from echodiff.data.echonet import (
 from echodiff.data.video import CacheSpaceError, VideoCache, VideoError, read_video, write_video
 
 __all__ = [
-    "ANATOMY_FRAMES", "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "SHORT_VIDEOS", "VideoCache", "VideoError", "channel_stats",
+    "ANATOMY_FRAMES", "CLIP_STARTS", "CacheSpaceError", "DatasetError", "DiffusionClips", "EchoNetDynamic", "SHORT_VIDEOS", "VideoCache", "VideoError", "channel_stats",
     "disc_volume", "read_filelist", "read_tracings", "read_video", "trace_mask", "tracing_efs",
     "write_video",
 ]

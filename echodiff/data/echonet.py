@@ -35,6 +35,8 @@ TRACE_TARGETS = ("LargeIndex", "SmallIndex", "LargeFrame", "SmallFrame", "LargeT
 ANATOMY_FRAMES = ("clip", "ed")
 #: what :class:`DiffusionClips` does with a video shorter than one clip: EchoNet's zero padding, or leave it out
 SHORT_VIDEOS = ("pad", "drop")
+#: where a :class:`DiffusionClips` clip starts: a random frame (EchoNet's rule) or the traced end-diastolic frame
+CLIP_STARTS = ("random", "ed")
 TARGETS = ("EF", "EDV", "ESV", "FileName", "Filename", *TRACE_TARGETS)
 
 
@@ -345,13 +347,16 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         """The whole video of item ``index``, uint8 ``(3, F, H, W)``."""
         return self._load(self.filelist.iloc[index])
 
-    def clip(self, index: int, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def clip(self, index: int, raw: np.ndarray | None = None, start: int | None = None,
+             ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised clip(s) of item ``index`` (of its decoded video ``raw``, if given): float32
-        ``(n, C, T, H, W)`` and the valid (unpadded) frame counts."""
+        ``(n, C, T, H, W)`` and the valid (unpadded) frame counts. ``start``: one clip from this frame instead."""
         raw = self.video(index) if raw is None else raw
         step = self.step(index)
         length, n_starts = clip_positions(raw.shape[1], self.length, step, self.max_length)
-        if self.clips == "all":
+        if start is not None:
+            starts = np.array([start])
+        elif self.clips == "all":
             starts = np.arange(n_starts)
         elif self.clips == "first":
             starts = np.zeros(1, int)
@@ -451,9 +456,11 @@ class DiffusionClips(EchoNetDynamic):
     """Training view for the diffusion models: ``(anatomy (C, H, W), EF in %, clip (C, T, H, W))``, all in [0, 1].
 
     The clip is ``frames`` frames every ``period`` frames, or resampled to ``fps`` (e.g. 2 s at 8 fps = 16
-    frames, as EchoDiffusion's 1SCM). A video shorter than one clip is zero-padded (``short_videos="pad"``,
-    EchoNet's rule: the clip ends in black frames) or left out (``"drop"``; its names in ``.dropped_short``,
-    judged from the CSV's ``NumberOfFrames`` and ``FPS`` without decoding). The anatomy frame is, with
+    frames, as EchoDiffusion's 1SCM). The clip starts at a random frame (``start="random"``) or at the video's
+    traced end-diastolic frame (``"ed"``: every clip begins with the same phase, the largest LV of the beat). A
+    video too short for one clip from there is zero-padded (``short_videos="pad"``, EchoNet's rule: the clip ends
+    in black frames) or left out (``"drop"``; its names in ``.dropped_short``, judged from the CSV's
+    ``NumberOfFrames`` and ``FPS`` and the tracings, without decoding). The anatomy frame is, with
     ``anatomy="clip"`` (EchoDiffusion's choice), a random unpadded frame of that same clip; with ``"ed"``, the
     video's traced end-diastolic frame (the larger of its two VolumeTracings frames, EchoNet's ``LargeFrame``),
     which may lie outside the clip: every video is then conditioned on the same phase, whose LV is the largest
@@ -461,29 +468,36 @@ class DiffusionClips(EchoNetDynamic):
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", frames: int = 16, period: int = 2,
-                 fps: float | None = None, anatomy: str = "clip", short_videos: str = "pad", **kwargs):
+                 fps: float | None = None, anatomy: str = "clip", start: str = "random", short_videos: str = "pad",
+                 **kwargs):
         if anatomy not in ANATOMY_FRAMES:
             raise DatasetError(f"anatomy must be one of {ANATOMY_FRAMES}, got {anatomy!r}")
+        if start not in CLIP_STARTS:
+            raise DatasetError(f"start must be one of {CLIP_STARTS}, got {start!r}")
         if short_videos not in SHORT_VIDEOS:
             raise DatasetError(f"short_videos must be one of {SHORT_VIDEOS}, got {short_videos!r}")
         super().__init__(root, split, target_type="EF", length=frames, period=period, fps=fps, clips=1,
                          max_length=None, mean=0.0, std=255.0, **kwargs)
-        self.anatomy = anatomy
-        self.dropped_short: list[str] = []
-        if short_videos == "drop":
-            short = [i for i in range(len(self.filelist)) if self._frames(i) - 1 < (frames - 1) * self.step(i) - 1e-6]
-            self.dropped_short = self.filelist.FileName.iloc[short].tolist()
-            self.filelist = self.filelist.drop(index=short).reset_index(drop=True)
-            if not len(self.filelist):
-                raise DatasetError(f"every video of split {self.split} in {self.root / 'FileList.csv'} is shorter "
-                                   f"than one clip ({frames} frames): use short_videos='pad' or shorter clips")
-        if anatomy == "ed":
+        self.anatomy, self.start = anatomy, start
+        if "ed" in (anatomy, start):
             untraced = [n for n in self.filelist.FileName if len(self.tracings.get(n, {})) < 2]
             if untraced:
                 raise DatasetError(
-                    f"anatomy='ed' needs the traced end-diastolic frame of every video, but {len(untraced)} video(s) "
-                    f"of split {self.split} have fewer than 2 traced frames in {self.root / 'VolumeTracings.csv'} "
-                    f"(e.g. {untraced[:3]}); add their tracings, or use a cascade with anatomy_frame: clip")
+                    f"anatomy='ed' and start='ed' need the traced end-diastolic frame of every video, but "
+                    f"{len(untraced)} video(s) of split {self.split} have fewer than 2 traced frames in "
+                    f"{self.root / 'VolumeTracings.csv'} (e.g. {untraced[:3]}); add their tracings, or use a cascade "
+                    f"with anatomy_frame: clip and clip_start: random")
+        self.dropped_short: list[str] = []
+        if short_videos == "drop":
+            first = [self.traced_index(i) if start == "ed" else 0 for i in range(len(self.filelist))]
+            short = [i for i in range(len(self.filelist))
+                     if self._frames(i) - 1 - first[i] < (frames - 1) * self.step(i) - 1e-6]
+            self.dropped_short = self.filelist.FileName.iloc[short].tolist()
+            self.filelist = self.filelist.drop(index=short).reset_index(drop=True)
+            if not len(self.filelist):
+                raise DatasetError(f"every video of split {self.split} in {self.root / 'FileList.csv'} is too short "
+                                   f"for one clip ({frames} frames) from its start: use short_videos='pad' or "
+                                   f"shorter clips")
 
     def _frames(self, index: int) -> int:
         """Frame count of item ``index``: the CSV's ``NumberOfFrames``, else the video header's."""
@@ -494,7 +508,7 @@ class DiffusionClips(EchoNetDynamic):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raw = self.video(index)
-        clips, valid = self.clip(index, raw)
+        clips, valid = self.clip(index, raw, self.traced_index(index) if self.start == "ed" else None)
         clip = torch.from_numpy(np.ascontiguousarray(clips[0]))
         if self.anatomy == "ed":
             anatomy = self.normalised_frame(raw, self.traced_index(index))

@@ -9,6 +9,7 @@ Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
     residual_gain: 2.0           # optional: generate (video - anatomy frame) x gain instead of the video itself
     lowres_noise_max: 0.2        # optional: train super-resolution stages with low-res noise levels in [0, 0.2]
     anatomy_frame: ed            # optional: condition on the traced end-diastolic frame, not a random clip frame
+    clip_start: ed               # optional: every clip begins at the traced end-diastolic frame, not a random one
 
 Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 """
@@ -29,7 +30,7 @@ import torch
 import yaml
 
 from echodiff import tracking
-from echodiff.data import ANATOMY_FRAMES, DiffusionClips
+from echodiff.data import ANATOMY_FRAMES, CLIP_STARTS, DiffusionClips
 from echodiff.io import atomic_path, atomic_write_text
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
@@ -97,7 +98,7 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
 
 #: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
-                "lowres_noise_max", "anatomy_frame")
+                "lowres_noise_max", "anatomy_frame", "clip_start")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -142,16 +143,21 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
     if config.get("anatomy_frame", "clip") not in ANATOMY_FRAMES:
         raise ValueError(f"{source}: anatomy_frame must be one of {list(ANATOMY_FRAMES)} (absent: clip, a random "
                          f"frame of the clip, as EchoDiffusion), got {config['anatomy_frame']!r}")
+    if config.get("clip_start", "random") not in CLIP_STARTS:
+        raise ValueError(f"{source}: clip_start must be one of {list(CLIP_STARTS)} (absent: random, a random window "
+                         f"of the video, as EchoDiffusion), got {config['clip_start']!r}")
     return config
 
 
 def cascade_clips(config: dict[str, Any], root: str | os.PathLike, split: str,
                   cache: str | os.PathLike | None = None, short_videos: str = "pad") -> DiffusionClips:
     """The ``split`` of the EchoNet-format folder ``root`` as the cascade ``config`` trains on and is sampled and
-    scored with: its clip length and frame rate, its anatomy frame (``anatomy_frame``); videos shorter than a clip
-    zero-padded or left out (``short_videos``, :class:`~echodiff.data.DiffusionClips`)."""
+    scored with: its clip length and frame rate, its anatomy frame (``anatomy_frame``) and where its clips start
+    (``clip_start``); videos too short for a clip zero-padded or left out (``short_videos``,
+    :class:`~echodiff.data.DiffusionClips`)."""
     return DiffusionClips(root, split, frames=int(config["frames"]), fps=config.get("fps"),
-                          anatomy=config.get("anatomy_frame", "clip"), short_videos=short_videos, cache=cache)
+                          anatomy=config.get("anatomy_frame", "clip"), start=config.get("clip_start", "random"),
+                          short_videos=short_videos, cache=cache)
 
 
 def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:
