@@ -180,7 +180,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache, cfg.short_videos)
     if data.dropped_short:
         trainer.print(f"diffusion: {len(data.dropped_short)} of {len(data) + len(data.dropped_short)} TRAIN videos "
-                      f"are shorter than one clip and left out (short_videos: drop)")
+                      f"are too short for one clip from its start and left out (short_videos: drop)")
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
