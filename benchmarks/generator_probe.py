@@ -26,24 +26,13 @@ import numpy as np
 import torch
 import yaml
 
+from echodiff.config import with_edits
 from echodiff.data.transforms import resize
 from echodiff.diffusion.imagen import cascade_clips, load_model_folder
 from echodiff.diffusion.sampling import sample
 from echodiff.diffusion.training import DiffusionTrainConfig, export_model, load_cascade_config, train_stage
 from echodiff.metrics.lv_area import ed_outline
 from echodiff.metrics.video import ssim
-
-
-def override(config: dict, assignments: list[str]) -> dict:
-    """``key=value`` / ``section.key=value`` (YAML values) applied to a cascade config."""
-    for item in assignments:
-        key, value = item.split("=", 1)
-        *path, last = key.split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[last] = yaml.safe_load(value)
-    return config
 
 
 def lv_range(videos: torch.Tensor, outlines: list[np.ndarray]) -> np.ndarray:
@@ -73,7 +62,7 @@ def main() -> None:
 
     out = Path(args.out or tempfile.mkdtemp(prefix="probe-"))
     out.mkdir(parents=True, exist_ok=True)
-    config = override(load_cascade_config(args.model), args.set)
+    config = with_edits(load_cascade_config(args.model), args.set)
     (out / "cascade.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cfg = DiffusionTrainConfig(model_config=str(out / "cascade.yaml"), stage=1, data_root=args.data_root,
                                batch_size=args.batch_size, lr=args.lr, steps=args.steps, checkpoint_every=10**9,

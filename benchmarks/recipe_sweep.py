@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import yaml
 
+from echodiff.config import with_edits
+
 REPO = Path(__file__).resolve().parents[1]
 #: the numbers the table shows per run, stage 03's names, per mode (all candidates; motion: EF-selected, as stage 03)
 COLUMNS = {"counterfactual": ("avg_r_gen", "avg_slope_gen", "avg_mae_gen", "seg_avg_r_gen", "seg_avg_slope_gen",
@@ -56,20 +58,6 @@ def parse_variant(text: str) -> tuple[str, dict[str, dict]]:
     return name, edits
 
 
-def edited(config: dict, edits: dict) -> dict:
-    """``config`` with dotted-path ``edits`` applied; an unknown path is an error (no silent new keys at depth)."""
-    config = json.loads(json.dumps(config))
-    for key, value in edits.items():
-        *path, last = key.split(".")
-        node = config
-        for part in path:
-            if part not in node:
-                raise KeyError(f"{key}: no {part!r} in the config")
-            node = node[part]
-        node[last] = value
-    return config
-
-
 def check_variant(name: str, edits: dict[str, dict], cascade: str | Path) -> None:
     """Refuse a variant before any run starts: a cascade edit must give a valid cascade config, and a train or score
     key must be one that stage 02 or stage 03 reads (they ignore other keys, so a typo would change nothing)."""
@@ -78,7 +66,7 @@ def check_variant(name: str, edits: dict[str, dict], cascade: str | Path) -> Non
     from echodiff.evaluation import ScoreConfig
 
     try:
-        cascade_config(edited(yaml.safe_load(Path(cascade).read_text()), edits["cascade"]), f"variant {name!r}")
+        cascade_config(with_edits(yaml.safe_load(Path(cascade).read_text()), edits["cascade"]), f"variant {name!r}")
     except KeyError as error:
         raise SystemExit(f"variant {name!r}: {error.args[0]}") from None
     for section, known in (("train", {f.name for f in dataclasses.fields(DiffusionTrainConfig)} | set(PER_STAGE)),
@@ -109,7 +97,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
-    config = cascade_config(edited(yaml.safe_load(Path(job["cascade"]).read_text()), job["edits"]["cascade"]))
+    config = cascade_config(with_edits(yaml.safe_load(Path(job["cascade"]).read_text()), job["edits"]["cascade"]))
     (out / "cascade.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     params = {**yaml.safe_load(Path(job["train"]).read_text()), **job["edits"]["train"],
               "model_config": str(out / "cascade.yaml"), "checkpoint_dir": str(out / "checkpoints"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import difflib
 import json
@@ -61,6 +62,30 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | di
                 raise ValueError(f"override {item!r} must look like key=value")
             params[key.strip()] = yaml.safe_load(value)
     return params
+
+
+def with_edits(config: dict[str, Any], edits: dict[str, Any] | list[str]) -> dict[str, Any]:
+    """A copy of the nested ``config`` with dotted-path ``edits`` applied: ``{"imagen.sigma_data": 0.1}``, or
+    ``["imagen.sigma_data=0.1"]`` with YAML values. A path through a key the config lacks is an error (a typo would
+    otherwise add a key that no code reads); the last key may be new."""
+    if isinstance(edits, list):
+        pairs = {}
+        for item in edits:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"edit {item!r} must look like key=value or section.key=value")
+            pairs[key.strip()] = yaml.safe_load(value)
+        edits = pairs
+    config = copy.deepcopy(config)
+    for key, value in edits.items():
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"{key}: no {part!r} in the config")
+            node = node[part]
+        node[last] = value
+    return config
 
 
 #: where each stage's parameters are declared: the tagged ``parameters`` cell of its notebook

@@ -44,6 +44,7 @@ from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.plots import target_scatter, video_row_gif
+from echodiff.rng import derived_seed
 from echodiff.seg_judge import SegJudge, SegJudgeConfig, fit_seg_judge
 from echodiff.tracking import mlflow
 from echodiff.weights import MissingWeightsError
@@ -110,10 +111,6 @@ def chunk_indices(n: int, chunk: int, chunks: int) -> range:
     return range(n * chunk // chunks, n * (chunk + 1) // chunks)
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
 def _clips(config: dict[str, Any], cfg: ScoreConfig) -> DiffusionClips:
     """The split's clips in the format (frames, fps) of the cascade ``config``, as scored and as compared against."""
     return cascade_clips(config, resolve_path(cfg.data_root), cfg.split,
@@ -124,11 +121,11 @@ def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torc
     """The evaluation item of video ``index``: anatomy ``(3, H, W)``, its EF, the real clip ``(3, T, H, W)``
     and the target EF. The window, anatomy frame and counterfactual target depend on (seed, index) only."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(cfg.seed, index))
+        torch.manual_seed(derived_seed(cfg.seed, index))
         anatomy, ef, clip = data[index]
     target = float(ef)
     if cfg.mode == "counterfactual":
-        target = float(np.random.default_rng(_seed(cfg.seed, index, 1)).uniform(*cfg.ef_range))
+        target = float(np.random.default_rng(derived_seed(cfg.seed, index, 1)).uniform(*cfg.ef_range))
     return anatomy, float(ef), clip, target
 
 
@@ -194,7 +191,7 @@ def fit_area_judge(model: CascadeModel, cfg: ScoreConfig, clips: int = 64) -> Ar
         if name not in train.tracings:
             continue
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(cfg.seed, 7, index))
+            torch.manual_seed(derived_seed(cfg.seed, 7, index))
             _, ef, clip = train[index]
         x.append(contraction(resize(clip[None], model.image_size)[0], ed_outline(train.tracings[name])))
         y.append(float(ef))
@@ -281,7 +278,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         anatomy = torch.stack([a for a, *_ in items]).repeat_interleave(cfg.num_noise, 0)
         real = torch.stack([c for *_, c, _ in items])
         targets = torch.tensor([t for *_, t in items]).repeat_interleave(cfg.num_noise)
-        seed = _seed(cfg.seed, MODES.index(cfg.mode), batch[0])
+        seed = derived_seed(cfg.seed, MODES.index(cfg.mode), batch[0])
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
                         churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver,
                         sigma_max=cfg.sample_sigma_max)

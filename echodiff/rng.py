@@ -37,3 +37,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def derived_seed(*parts: int, bits: int = 32) -> int:
+    """A seed for the stream named by the integers ``parts`` (NumPy's ``SeedSequence``: distinct tuples give
+    independent streams), ``bits`` wide: 32 (one uint32 word) or 63 (one uint64 word shifted right by one)."""
+    if bits not in (32, 63):
+        raise ValueError(f"bits must be 32 or 63, got {bits!r}")
+    sequence = np.random.SeedSequence([int(p) for p in parts])
+    if bits == 32:
+        return int(sequence.generate_state(1)[0])
+    return int(sequence.generate_state(1, np.uint64)[0] >> 1)

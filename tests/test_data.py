@@ -325,13 +325,17 @@ def test_unambiguous_variants_are_accepted_and_reported(phantom_copy):
     data[0]
 
 
-def test_missing_tracings_only_matter_for_trace_targets(phantom_copy):
+def test_missing_tracings_only_matter_for_trace_targets_and_the_ed_frame(phantom_copy):
     tracings = pd.read_csv(phantom_copy / "VolumeTracings.csv")
     first = tracings.FileName.iloc[0]
     tracings[tracings.FileName != first].to_csv(phantom_copy / "VolumeTracings.csv", index=False)
     assert len(EchoNetDynamic(phantom_copy, "all")) == 16
     with pytest.raises(DatasetError, match="fewer than 2 traced frames"):
         EchoNetDynamic(phantom_copy, "all", target_type="LargeTrace")
+    with pytest.raises(DatasetError, match=r"^start='ed' need\(s\) the traced end-diastolic frame.*clip_start: random"):
+        DiffusionClips(phantom_copy, "all", start="ed")
+    with pytest.raises(DatasetError, match=r"^anatomy='ed' and start='ed' need"):
+        DiffusionClips(phantom_copy, "all", anatomy="ed", start="ed")
 
 
 def test_bad_arguments(phantom_root):

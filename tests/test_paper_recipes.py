@@ -16,7 +16,7 @@ import yaml
 from helpers import tiny_config
 
 from echodiff import evaluation
-from echodiff.config import load_params, stage_keys, stage_params
+from echodiff.config import load_params, stage_keys, stage_params, with_edits
 from echodiff.data.video import read_video
 from echodiff.diffusion import CascadeModel, load_model_folder
 from echodiff.diffusion.imagen import CASCADE_KEYS, cascade_config, import_imagen
@@ -163,6 +163,18 @@ def test_pipeline_refuses_unknown_and_conflicting_overrides(tmp_path):
         run_pipeline("params/pipeline/demo.yaml", overrides=["epochz=3"], out=tmp_path)
     with pytest.raises(ValueError, match=r"would be replaced by stage 'evaluate'"):
         run_pipeline("params/pipeline/demo.yaml", overrides=["model=elsewhere"], out=tmp_path)
+
+
+def test_dotted_edits_copy_the_config_and_refuse_a_path_it_lacks():
+    config = {"imagen": {"sigma_data": 0.12, "image_sizes": [16, 32]}, "frames": 16}
+    edited = with_edits(config, ["imagen.sigma_data=0.2", "imagen.image_sizes=[32, 64]", "frames=8"])
+    assert edited == {"imagen": {"sigma_data": 0.2, "image_sizes": [32, 64]}, "frames": 8}
+    assert config["imagen"]["sigma_data"] == 0.12  # a copy: the caller's config is unchanged
+    assert with_edits(config, {"imagen.S_churn": [40, 80]})["imagen"]["S_churn"] == [40, 80]  # a new last key
+    with pytest.raises(KeyError, match="no 'imagin' in the config"):
+        with_edits(config, ["imagin.sigma_data=0.2"])
+    with pytest.raises(ValueError, match="must look like key=value"):
+        with_edits(config, ["imagen.sigma_data"])
 
 
 def _readme_and_slurm_commands() -> list[list[str]]:

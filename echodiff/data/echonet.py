@@ -337,11 +337,16 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         """Clip frame spacing of item ``index`` in source frames: ``period``, or source FPS / ``fps``."""
         if self.fps is None:
             return float(self.period)
+        return self._listed(index, "FPS", "fps") / float(self.fps)
+
+    def _listed(self, index: int, column: str, header_key: str) -> float:
+        """Item ``index``'s ``column`` in FileList.csv, else (absent, not a number or <= 0) its AVI header's
+        ``header_key`` (``"fps"`` or ``"frames"``)."""
         row = self.filelist.iloc[index]
-        source = row.get("FPS")
-        if source is None or not np.isfinite(source) or source <= 0:
-            source = video_header(self.root / "Videos" / f"{row['FileName']}.avi")["fps"]
-        return float(source) / float(self.fps)
+        value = pd.to_numeric(row.get(column), errors="coerce")
+        if value is None or not np.isfinite(value) or value <= 0:
+            value = video_header(self.root / "Videos" / f"{row['FileName']}.avi")[header_key]
+        return float(value)
 
     def video(self, index: int) -> np.ndarray:
         """The whole video of item ``index``, uint8 ``(3, F, H, W)``."""
@@ -482,8 +487,10 @@ class DiffusionClips(EchoNetDynamic):
         if "ed" in (anatomy, start):
             untraced = [n for n in self.filelist.FileName if len(self.tracings.get(n, {})) < 2]
             if untraced:
+                which = " and ".join(f"{name}='ed'" for name, value in (("anatomy", anatomy), ("start", start))
+                                     if value == "ed")
                 raise DatasetError(
-                    f"anatomy='ed' and start='ed' need the traced end-diastolic frame of every video, but "
+                    f"{which} need(s) the traced end-diastolic frame of every video, but "
                     f"{len(untraced)} video(s) of split {self.split} have fewer than 2 traced frames in "
                     f"{self.root / 'VolumeTracings.csv'} (e.g. {untraced[:3]}); add their tracings, or use a cascade "
                     f"with anatomy_frame: clip and clip_start: random")
@@ -491,7 +498,7 @@ class DiffusionClips(EchoNetDynamic):
         if short_videos == "drop":
             first = [self.traced_index(i) if start == "ed" else 0 for i in range(len(self.filelist))]
             short = [i for i in range(len(self.filelist))
-                     if self._frames(i) - 1 - first[i] < (frames - 1) * self.step(i) - 1e-6]
+                     if self._listed(i, "NumberOfFrames", "frames") - 1 - first[i] < (frames - 1) * self.step(i) - 1e-6]
             self.dropped_short = self.filelist.FileName.iloc[short].tolist()
             self.filelist = self.filelist.drop(index=short).reset_index(drop=True)
             if not len(self.filelist):
@@ -499,19 +506,13 @@ class DiffusionClips(EchoNetDynamic):
                                    f"for one clip ({frames} frames) from its start: use short_videos='pad' or "
                                    f"shorter clips")
 
-    def _frames(self, index: int) -> int:
-        """Frame count of item ``index``: the CSV's ``NumberOfFrames``, else the video header's."""
-        n = pd.to_numeric(self.filelist.iloc[index].get("NumberOfFrames"), errors="coerce")
-        if n is None or not np.isfinite(n) or n < 1:
-            n = video_header(self.root / "Videos" / f"{self.filelist.iloc[index]['FileName']}.avi")["frames"]
-        return int(n)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raw = self.video(index)
-        clips, valid = self.clip(index, raw, self.traced_index(index) if self.start == "ed" else None)
+        ed = self.traced_index(index) if "ed" in (self.anatomy, self.start) else None
+        clips, valid = self.clip(index, raw, ed if self.start == "ed" else None)
         clip = torch.from_numpy(np.ascontiguousarray(clips[0]))
         if self.anatomy == "ed":
-            anatomy = self.normalised_frame(raw, self.traced_index(index))
+            anatomy = self.normalised_frame(raw, ed)
         else:
             anatomy = clip[:, int(torch.randint(max(int(valid[0]), 1), ()))].clone()
         return anatomy, self.target(index), clip

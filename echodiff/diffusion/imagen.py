@@ -25,13 +25,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 from echodiff import tracking
 from echodiff.data import ANATOMY_FRAMES, CLIP_STARTS, DiffusionClips
 from echodiff.io import atomic_path, atomic_write_text
+from echodiff.rng import derived_seed
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
 #: all-zero token that imagen-pytorch reads as "no condition"; "ef" is the seed's EF/100 (released weights).
@@ -169,7 +169,7 @@ def _stage_list(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stage_seed(seed: int, stage: int) -> int:
     """The seed of stage ``stage``'s (1-based) initial weights in a cascade built with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(stage)]).generate_state(1, np.uint64)[0] >> 1)
+    return derived_seed(seed, stage, bits=63)
 
 
 def build_imagen(config: dict[str, Any], seed: int | None = None) -> torch.nn.Module:
