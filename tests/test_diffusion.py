@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -44,6 +45,10 @@ def test_ef_embedding_is_never_the_unconditional_token():
     assert fourier.shape == (3, 1, 18) and torch.all(torch.any(fourier != 0, dim=-1))
     assert torch.allclose(fourier[:, 0, 2], torch.sin(2 * torch.pi * torch.tensor([0.0, 0.5, 1.0])), atol=1e-6)
     assert (ef_embedding([40.0], "ef_fourier") - ef_embedding([41.0], "ef_fourier")).norm() > 0.2  # 1 point apart
+    ramps = ef_embedding([0.0, 25.0, 90.0], "ef_ramps")
+    assert ramps.shape == (3, 1, 8) and torch.all(torch.any(ramps != 0, dim=-1))
+    assert torch.allclose(ramps[1, 0], torch.tensor([0.25, 1.0, 0.05, 0, 0, 0, 0, 0]))  # only the 20 % knot passed
+    assert torch.allclose(ramps[2, 0, 2:], torch.tensor([0.7, 0.6, 0.5, 0.4, 0.3, 0.2]))  # linear beyond 70 %
     for bad in ([-1.0], [101.0], [float("nan")]):
         with pytest.raises(ValueError, match="0-100"):
             ef_embedding(bad)
@@ -321,9 +326,10 @@ def test_ef_conditioning_is_learned_on_a_toy_task():
     assert float(high - low) > 0.3, (float(low), float(high))  # measured, 4 seeds: 0.24-0.28 and 0.73-0.76
 
 
-def _toy_bump_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float, float]:
-    """Train a one-stage toy cascade on videos that are bright only for EF in (35, 55) %, with the EF embedding
-    ``kind``; return the mean brightness sampled at EF 20, 45 and 70 %."""
+def _toy_response(kind: str, train_ef: Callable[[], torch.Tensor], brightness: Callable[[torch.Tensor], torch.Tensor],
+                  probe: tuple[float, ...], seed: int = 0, steps: int = 150) -> dict[float, float]:
+    """Train a one-stage toy cascade (EF embedding ``kind``) on flat videos of ``brightness(EF)``, a batch of 16
+    EFs drawn by ``train_ef`` per step; return the mean brightness it samples at each EF of ``probe``."""
     torch.manual_seed(seed)
     config = tiny_config(ef_kind=kind)
     config["imagen"]["image_sizes"], config["frames"] = [8], 2
@@ -331,9 +337,8 @@ def _toy_bump_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float
     model = CascadeModel(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        ef = torch.rand(16) * 80 + 10
-        bright = 0.2 + 0.6 * ((ef > 35) & (ef < 55)).float()
-        video = bright.view(-1, 1, 1, 1, 1).expand(-1, 3, 2, 8, 8)
+        ef = train_ef()
+        video = brightness(ef).view(-1, 1, 1, 1, 1).expand(-1, 3, 2, 8, 8)
         loss = model.imagen(video, text_embeds=ef_embedding(ef, kind), cond_images=torch.rand(16, 3, 8, 8),
                             unet_number=1)
         optimizer.zero_grad()
@@ -341,8 +346,13 @@ def _toy_bump_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float
         optimizer.step()
     model.eval()
     anatomy = torch.rand(4, 3, 8, 8)
-    return {ef: float(sample(model, anatomy, ef, cond_scale=1.0, steps=8, churn=0.0, seed=0).mean())
-            for ef in (20.0, 45.0, 70.0)}
+    return {ef: float(sample(model, anatomy, ef, cond_scale=1.0, steps=8, churn=0.0, seed=0).mean()) for ef in probe}
+
+
+def _toy_bump_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float, float]:
+    """Videos bright only for EF in (35, 55) %, EF drawn from 10-90 %; brightness sampled at EF 20, 45 and 70 %."""
+    return _toy_response(kind, lambda: torch.rand(16) * 80 + 10, lambda ef: 0.2 + 0.6 * ((ef > 35) & (ef < 55)).float(),
+                         (20.0, 45.0, 70.0), seed, steps)
 
 
 def test_fourier_ef_embedding_learns_a_response_that_is_not_monotone_in_ef():
@@ -355,6 +365,27 @@ def test_fourier_ef_embedding_learns_a_response_that_is_not_monotone_in_ef():
     flag, fourier = bump(_toy_bump_response("ef_flag")), bump(_toy_bump_response("ef_fourier"))
     assert abs(flag) < 0.05, flag  # measured, seeds 0 and 1: 0.000 and 0.000 (0.37 and 0.49 at every EF)
     assert fourier > 0.15, fourier  # measured, seed 0: 0.29 (EF 45 % at 0.75, 20 and 70 % at 0.46 and 0.44)
+
+
+def _toy_ramp_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float, float]:
+    """Videos whose brightness rises linearly with EF, with EF only in 25-75 % (as a dataset's hearts are: the
+    phantom has 6 of 298 TRAIN videos outside 20-80 %); brightness sampled at EF 15, 25, 75 and 85 %, two of them
+    outside what it was trained on."""
+    return _toy_response(kind, lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50,
+                         (15.0, 25.0, 75.0, 85.0), seed, steps)
+
+
+def test_fourier_ef_embedding_folds_back_beyond_the_trained_ef_range_and_ramps_do_not():
+    """E29's root cause: the demo cascade asked for EF 80-90 % (rebalancing's top bin) made videos the regressor read
+    at 30-75 %, falling as the target rose (r -0.86), and at 10-20 % rising again, because Fourier features are
+    periodic and the phantom has almost no hearts there. The toy: trained on EF 25-75 % only. ``ef_fourier`` answers
+    85 % darker than 75 % and 15 % brighter than 25 %; ``ef_ramps`` (piecewise-linear) stays monotone."""
+    fourier, ramps = _toy_ramp_response("ef_fourier"), _toy_ramp_response("ef_ramps")
+    # measured, seed 0 (seed 1): fourier 0.61 / 0.26 / 0.74 / 0.55 (0.57 / 0.52 / 0.76 / 0.57) at 15 / 25 / 75 / 85 %
+    assert fourier[85.0] < fourier[75.0] - 0.1 and fourier[15.0] > fourier[25.0] + 0.1, fourier
+    # ramps 0.25 / 0.27 / 0.66 / 0.70 (0.28 / 0.30 / 0.75 / 0.77)
+    assert ramps[85.0] >= ramps[75.0] and ramps[15.0] <= ramps[25.0], ramps
+    assert ramps[75.0] - ramps[25.0] > 0.3, ramps  # and it follows EF inside the range
 
 
 def test_demo_cascade_samples_without_dynamic_thresholding():

@@ -35,9 +35,11 @@ from echodiff.rng import derived_seed
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
 #: all-zero token that imagen-pytorch reads as "no condition"; "ef" is the seed's EF/100 (released weights).
-EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1, "ef_fourier": 18}
+EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1, "ef_fourier": 18, "ef_ramps": 8}
 #: frequencies (cycles per 100 EF points) of the ``ef_fourier`` embedding
 _FOURIER_FREQS = torch.arange(1, 9, dtype=torch.float32)
+#: knots (EF %) of the ``ef_ramps`` embedding: inside the range where EchoNet-Dynamic and the phantom have hearts
+_RAMP_KNOTS = torch.arange(20.0, 71.0, 10.0)
 #: t5-v1_1-base's d_model, the only thing imagen-pytorch's default arguments ask of the T5 config.
 _T5_BASE_D_MODEL = 768
 
@@ -75,7 +77,10 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
 
     ``ef`` (D = 1): the seed's EF/100. ``ef_flag`` (D = 2): [EF/100, 1], never the all-zero "no condition" token.
     ``ef_fourier`` (D = 18): [EF/100, 1, sin(2 pi k EF/100), cos(2 pi k EF/100) for k = 1..8], which separates
-    nearby EFs far more than one scalar does (a small network picks it up sooner).
+    nearby EFs far more than one scalar does (a small network picks it up sooner), but is periodic: beyond the EFs
+    it was trained on, the response folds back (docs/generator-experiments.md, E29). ``ef_ramps`` (D = 8): [EF/100,
+    1, max(EF - c, 0)/100 for c = 20, 30, ..., 70]: a linear read-out of it is any piecewise-linear response with a
+    knot every 10 points, and it continues along its last segment beyond the knots instead of folding back.
 
     Raises ``ValueError`` for EF outside 0-100, and for EF 0 with the seed's ``ef`` embedding (it would be the
     all-zero token, i.e. silently unconditional).
@@ -88,6 +93,9 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
     if kind == "ef_fourier":
         angle = 2 * torch.pi * (ef / 100.0)[:, None] * _FOURIER_FREQS
         return torch.cat([(ef / 100.0)[:, None], torch.ones_like(ef)[:, None], angle.sin(), angle.cos()], -1)[:, None]
+    if kind == "ef_ramps":
+        ramps = (ef[:, None] - _RAMP_KNOTS).clamp(min=0) / 100.0
+        return torch.cat([(ef / 100.0)[:, None], torch.ones_like(ef)[:, None], ramps], -1)[:, None]
     if kind == "ef":
         if (ef == 0).any():
             raise ValueError("EF 0 gives an all-zero embedding, which this model (the seed's 'ef' embedding) "
