@@ -56,12 +56,20 @@ def load_params(path: str | os.PathLike | None = None, overrides: list[str] | di
     if isinstance(overrides, dict):
         params.update(overrides)
     else:
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"override {item!r} must look like key=value")
-            params[key.strip()] = yaml.safe_load(value)
+        params.update(parse_assignments(overrides or [], "override", "key=value"))
     return params
+
+
+def parse_assignments(items: list[str], what: str, form: str) -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{key: value}`` with YAML values; an item without ``=`` or a key is an error naming
+    it as ``what`` and the ``form`` it must take."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r} must look like {form}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    return pairs
 
 
 def with_edits(config: dict[str, Any], edits: dict[str, Any] | list[str]) -> dict[str, Any]:
@@ -69,13 +77,7 @@ def with_edits(config: dict[str, Any], edits: dict[str, Any] | list[str]) -> dic
     ``["imagen.sigma_data=0.1"]`` with YAML values. A path through a key the config lacks is an error (a typo would
     otherwise add a key that no code reads); the last key may be new."""
     if isinstance(edits, list):
-        pairs = {}
-        for item in edits:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"edit {item!r} must look like key=value or section.key=value")
-            pairs[key.strip()] = yaml.safe_load(value)
-        edits = pairs
+        edits = parse_assignments(edits, "edit", "key=value or section.key=value")
     config = copy.deepcopy(config)
     for key, value in edits.items():
         *path, last = key.split(".")
