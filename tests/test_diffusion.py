@@ -45,6 +45,10 @@ def test_ef_embedding_is_never_the_unconditional_token():
     assert fourier.shape == (3, 1, 18) and torch.all(torch.any(fourier != 0, dim=-1))
     assert torch.allclose(fourier[:, 0, 2], torch.sin(2 * torch.pi * torch.tensor([0.0, 0.5, 1.0])), atol=1e-6)
     assert (ef_embedding([40.0], "ef_fourier") - ef_embedding([41.0], "ef_fourier")).norm() > 0.2  # 1 point apart
+    clamped = ef_embedding([10.0, 20.0, 50.0, 75.0, 90.0], "ef_fourier_clamped")
+    assert torch.equal(clamped[2:4], ef_embedding([50.0, 75.0], "ef_fourier"))  # inside 20-75 %: ef_fourier
+    assert torch.equal(clamped[0, 0, 2:], clamped[1, 0, 2:]) and torch.equal(clamped[4, 0, 2:], clamped[3, 0, 2:])
+    assert clamped[0, 0, 0] == pytest.approx(0.10) and clamped[4, 0, 0] == pytest.approx(0.90)  # EF/100 still moves
     ramps = ef_embedding([0.0, 25.0, 90.0], "ef_ramps")
     assert ramps.shape == (3, 1, 8) and torch.all(torch.any(ramps != 0, dim=-1))
     assert torch.allclose(ramps[1, 0], torch.tensor([0.25, 1.0, 0.05, 0, 0, 0, 0, 0]))  # only the 20 % knot passed
@@ -365,6 +369,8 @@ def test_fourier_ef_embedding_learns_a_response_that_is_not_monotone_in_ef():
     flag, fourier = bump(_toy_bump_response("ef_flag")), bump(_toy_bump_response("ef_fourier"))
     assert abs(flag) < 0.05, flag  # measured, seeds 0 and 1: 0.000 and 0.000 (0.37 and 0.49 at every EF)
     assert fourier > 0.15, fourier  # measured, seed 0: 0.29 (EF 45 % at 0.75, 20 and 70 % at 0.46 and 0.44)
+    clamped = bump(_toy_bump_response("ef_fourier_clamped"))  # the demo's: the bump lies inside its 20-75 % window
+    assert clamped > 0.15, clamped  # measured, seeds 0 and 1: 0.26 and 0.37
 
 
 def _toy_ramp_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float, float]:
@@ -379,13 +385,19 @@ def test_fourier_ef_embedding_folds_back_beyond_the_trained_ef_range_and_ramps_d
     """E29's root cause: the demo cascade asked for EF 80-90 % (rebalancing's top bin) made videos the regressor read
     at 30-75 %, falling as the target rose (r -0.86), and at 10-20 % rising again, because Fourier features are
     periodic and the phantom has almost no hearts there. The toy: trained on EF 25-75 % only. ``ef_fourier`` answers
-    85 % darker than 75 % and 15 % brighter than 25 %; ``ef_ramps`` (piecewise-linear) stays monotone."""
+    85 % darker than 75 % and 15 % brighter than 25 %; ``ef_ramps`` (piecewise-linear) stays monotone, and the demo's
+    ``ef_fourier_clamped`` stays level beyond its window (E31)."""
     fourier, ramps = _toy_ramp_response("ef_fourier"), _toy_ramp_response("ef_ramps")
     # measured, seed 0 (seed 1): fourier 0.61 / 0.26 / 0.74 / 0.55 (0.57 / 0.52 / 0.76 / 0.57) at 15 / 25 / 75 / 85 %
     assert fourier[85.0] < fourier[75.0] - 0.1 and fourier[15.0] > fourier[25.0] + 0.1, fourier
     # ramps 0.25 / 0.27 / 0.66 / 0.70 (0.28 / 0.30 / 0.75 / 0.77)
     assert ramps[85.0] >= ramps[75.0] and ramps[15.0] <= ramps[25.0], ramps
     assert ramps[75.0] - ramps[25.0] > 0.3, ramps  # and it follows EF inside the range
+    # the demo's ef_fourier_clamped: above its window's top (75 %) only EF/100 moves, so 85 % answers as 75 % does
+    # instead of folding (seed 0: 0.745 and 0.745; seed 1: 0.693 and 0.694). Its low end is not probed here: the
+    # window starts at 20 %, below this toy's 25 %, so 15 % is answered from features the toy never trained on.
+    clamped = _toy_ramp_response("ef_fourier_clamped")
+    assert clamped[85.0] > clamped[75.0] - 0.03 and clamped[75.0] - clamped[25.0] > 0.3, clamped
 
 
 def test_demo_cascade_samples_without_dynamic_thresholding():

@@ -61,7 +61,7 @@ def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, 
         assert run["minutes"]["train"] > 0 and len(run["final_train_loss"]) == 2
         work = out / "work" / name
         scores = pd.read_csv(work / "scores" / "counterfactual.csv")
-        wanted = "ef_flag" if name.startswith("flag") else "ef_fourier"  # the demo cascade's
+        wanted = "ef_flag" if name.startswith("flag") else "ef_fourier_clamped"  # the demo cascade's
         assert yaml.safe_load((work / "model" / "config.yaml").read_text())["ef_embedding"] == wanted
         assert set(scores.cond_scale) == {"[4.0, 1.0]" if name.startswith("flag") else "[2.5, 1.0]"}
     assert runs["flag_s0"]["edits"]["cascade"] == {"ef_embedding": "ef_flag"}

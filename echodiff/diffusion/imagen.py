@@ -35,9 +35,12 @@ from echodiff.rng import derived_seed
 
 #: EF embeddings: name -> text_embed_dim. "ef_flag" adds a constant 1 so that no EF, 0 included, gives the
 #: all-zero token that imagen-pytorch reads as "no condition"; "ef" is the seed's EF/100 (released weights).
-EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1, "ef_fourier": 18, "ef_ramps": 8}
+EF_EMBEDDINGS = {"ef_flag": 2, "ef": 1, "ef_fourier": 18, "ef_fourier_clamped": 18, "ef_ramps": 8}
 #: frequencies (cycles per 100 EF points) of the ``ef_fourier`` embedding
 _FOURIER_FREQS = torch.arange(1, 9, dtype=torch.float32)
+#: EF range (%) that ``ef_fourier_clamped``'s sin/cos features follow: where the phantom's TRAIN hearts are (4 of
+#: its 298 below 20 %, 3 above 75 %); beyond it only the linear EF/100 feature moves
+_FOURIER_WINDOW = (20.0, 75.0)
 #: knots (EF %) of the ``ef_ramps`` embedding: inside the range where EchoNet-Dynamic and the phantom have hearts
 _RAMP_KNOTS = torch.arange(20.0, 71.0, 10.0)
 #: t5-v1_1-base's d_model, the only thing imagen-pytorch's default arguments ask of the T5 config.
@@ -81,6 +84,8 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
     it was trained on, the response folds back (docs/generator-experiments.md, E29). ``ef_ramps`` (D = 8): [EF/100,
     1, max(EF - c, 0)/100 for c = 20, 30, ..., 70]: a linear read-out of it is any piecewise-linear response with a
     knot every 10 points, and it continues along its last segment beyond the knots instead of folding back.
+    ``ef_fourier_clamped`` (D = 18): ``ef_fourier`` with the sin/cos features of EF clamped to 20-75 %, so inside that
+    range it is ``ef_fourier`` and beyond it only EF/100 moves: no feature combination the network has not met.
 
     Raises ``ValueError`` for EF outside 0-100, and for EF 0 with the seed's ``ef`` embedding (it would be the
     all-zero token, i.e. silently unconditional).
@@ -90,8 +95,9 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
         raise ValueError(f"EF must be within 0-100 % (got {ef.tolist()})")
     if kind == "ef_flag":
         return torch.stack([ef / 100.0, torch.ones_like(ef)], dim=-1)[:, None, :]
-    if kind == "ef_fourier":
-        angle = 2 * torch.pi * (ef / 100.0)[:, None] * _FOURIER_FREQS
+    if kind in ("ef_fourier", "ef_fourier_clamped"):
+        phase_ef = ef.clamp(*_FOURIER_WINDOW) if kind == "ef_fourier_clamped" else ef
+        angle = 2 * torch.pi * (phase_ef / 100.0)[:, None] * _FOURIER_FREQS
         return torch.cat([(ef / 100.0)[:, None], torch.ones_like(ef)[:, None], angle.sin(), angle.cos()], -1)[:, None]
     if kind == "ef_ramps":
         ramps = (ef[:, None] - _RAMP_KNOTS).clamp(min=0) / 100.0
