@@ -56,6 +56,8 @@ SCORE_COLUMNS = ["FileName", "GT EF", "Gen EF", "Ref EF", "SSIM", "LPIPS"]
 RUN_COLUMNS = ["noise", "mode", "seed", "solver", "steps", "churn", "sigma_max", "cond_scale", "model_id",
                "regressor_id", "chunk", "seconds"]
 MODES = ("factual", "counterfactual")
+#: how counterfactual targets are drawn over ef_range (:func:`counterfactual_target`)
+TARGET_DRAWS = ("uniform", "stratified")
 
 
 @dataclass
@@ -76,7 +78,8 @@ class ScoreConfig:
     solver: str = "heun"  # heun (the seed's EDM sampler) | dpmpp_2m (DPM-Solver++(2M), deterministic)
     cond_scale: float | list[float] = 5.0  # one value, or one per stage
     seed: int = 0
-    ef_range: tuple[float, float] = (15.0, 85.0)  # counterfactual targets ~ U(ef_range)
+    ef_range: tuple[float, float] = (15.0, 85.0)  # counterfactual targets lie in ef_range (%)
+    target_draw: str = "uniform"  # uniform (the seed's) | stratified: see counterfactual_target
     lpips: bool = False  # needs the VGG-16 weights file (see echodiff.metrics.video.LPIPS)
     cache_dir: str | None = None
     seg_steps: int = 0  # training steps of the segmentation judge (echodiff.seg_judge); 0: no segmentation judge
@@ -98,6 +101,8 @@ class ScoreConfig:
         lo, hi = self.ef_range
         if not 0 < lo < hi <= 100:
             raise ValueError(f"ef_range must lie within (0, 100] %, got {self.ef_range}")
+        if self.target_draw not in TARGET_DRAWS:
+            raise ValueError(f"target_draw must be one of {TARGET_DRAWS}, got {self.target_draw!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.seg_steps < 0 or self.seg_videos < 1:
@@ -109,6 +114,24 @@ def chunk_indices(n: int, chunk: int, chunks: int) -> range:
     if not 0 <= chunk < chunks:
         raise ValueError(f"chunk {chunk} is out of range for chunks={chunks} (0 to {chunks - 1})")
     return range(n * chunk // chunks, n * (chunk + 1) // chunks)
+
+
+def scored_videos(data: DiffusionClips, cfg: ScoreConfig) -> int:
+    """How many of the split's videos are scored: the first ``max_videos`` (all when None)."""
+    return len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
+
+
+def counterfactual_target(index: int, n: int, cfg: ScoreConfig) -> float:
+    """The counterfactual target EF (%) of video ``index`` of the ``n`` scored. ``uniform``: U(ef_range) per video,
+    as the seed's ``--rand_ef`` (12 such draws once all fell in 19-68 % and hid a fold beyond 75 %, E29).
+    ``stratified``: ef_range cut into ``n`` equal strata, shuffled over the videos, one draw inside each, so the
+    targets cover the range evenly. Both depend on (seed, index, n) only, so chunks agree."""
+    rng = np.random.default_rng(derived_seed(cfg.seed, index, 1))
+    lo, hi = cfg.ef_range
+    if cfg.target_draw == "uniform":
+        return float(rng.uniform(lo, hi))
+    stratum = np.random.default_rng(derived_seed(cfg.seed, n, 0, 0)).permutation(n)[index]
+    return float(lo + (hi - lo) * (stratum + rng.uniform()) / n)
 
 
 def _clips(config: dict[str, Any], cfg: ScoreConfig) -> DiffusionClips:
@@ -123,9 +146,7 @@ def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed, index))
         anatomy, ef, clip = data[index]
-    target = float(ef)
-    if cfg.mode == "counterfactual":
-        target = float(np.random.default_rng(derived_seed(cfg.seed, index, 1)).uniform(*cfg.ef_range))
+    target = counterfactual_target(index, scored_videos(data, cfg), cfg) if cfg.mode == "counterfactual" else float(ef)
     return anatomy, float(ef), clip, target
 
 
@@ -159,6 +180,19 @@ def check_resume_settings(rows: pd.DataFrame, settings: dict[str, Any], path: st
         if len(rows) and found != {value}:
             raise ValueError(f"{path} was made with {key}={sorted(map(str, found))}, not {value!r}: "
                              "write to another place (or delete it to start over)")
+
+
+def check_resume_targets(rows: pd.DataFrame, data: DiffusionClips, n: int, cfg: ScoreConfig,
+                         path: str | os.PathLike) -> None:
+    """Refuse to resume counterfactual ``rows`` whose targets are not the ones ``cfg`` draws (another ef_range,
+    target_draw, seed or number of videos): finished batches would keep the old targets."""
+    if cfg.mode != "counterfactual" or not len(rows):
+        return
+    index = {name: i for i, name in enumerate(data.filelist.FileName[:n])}
+    wanted = [counterfactual_target(index[name], n, cfg) if name in index else np.nan for name in rows.FileName]
+    if not np.allclose(rows["GT EF"].astype(float), wanted, atol=1e-3):
+        raise ValueError(f"{path} was made with other counterfactual targets (ef_range, target_draw, seed or "
+                         "max_videos differ): write to another place (or delete it to start over)")
 
 
 #: columns that must agree between a score file and the settings that extend it
@@ -250,7 +284,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     # This chunk's videos, and what an earlier run of it already scored (same settings, or an error).
     out_csv = Path(out_csv)
     data = _clips(model.config, cfg)
-    n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
+    n = scored_videos(data, cfg)
     indices = list(chunk_indices(n, cfg.chunk, cfg.chunks))
     settings = _settings(cfg, model_id, regressor_id)
     rows = pd.DataFrame(columns=SCORE_COLUMNS + RUN_COLUMNS)
@@ -258,6 +292,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
     if out_csv.exists():
         rows = read_scores(out_csv)
         check_resume_settings(rows, settings, out_csv)
+        check_resume_targets(rows, data, n, cfg, out_csv)
     if cfg.lpips and lpips_metric is None:
         lpips_metric = LPIPS()
     device = model.device
@@ -579,7 +614,7 @@ def merge_all(params: dict[str, Any], config: dict[str, Any]) -> dict[str, pd.Da
             raise FileNotFoundError(f"missing chunk files (run `python -m echodiff.evaluation score` with chunk=K "
                                     f"for them first): {absent}")
         data = _clips(config, cfg)
-        n = len(data) if cfg.max_videos is None else min(cfg.max_videos, len(data))
+        n = scored_videos(data, cfg)
         expected = [str(name) for name in data.filelist.FileName[:n]]  # every video the chunks were to score
         scores[mode] = merge_scores(paths, cfg.num_noise, expected)
         atomic_write_csv(scores[mode], out / f"scores_{mode}.csv", index=False)

@@ -219,6 +219,34 @@ def test_score_file_resumes_after_interruption_without_duplicates(phantom_root, 
     with pytest.raises(ValueError, match=r"made with cond_scale=\['5.0'\], not '1.0'"):
         generate_scores(model, regressor, ScoreConfig(**{**cfg.__dict__, "cond_scale": 1.0}),
                         tmp_path / "resumed.csv", model_id="m", regressor_id="r", progress=False)
+    for other in ({"target_draw": "stratified"}, {"ef_range": (20.0, 80.0)}):  # finished rows keep their targets
+        with pytest.raises(ValueError, match="other counterfactual targets"):
+            generate_scores(model, regressor, ScoreConfig(**{**cfg.__dict__, **other}), tmp_path / "resumed.csv",
+                            model_id="m", regressor_id="r", progress=False)
+
+
+def test_stratified_counterfactual_targets_cover_the_range_and_uniform_ones_stay_the_seeds():
+    """E29: 12 uniform targets once all fell in 19-68 % and hid a fold beyond 75 %. ``stratified`` puts one target
+    in each twelfth of ef_range, in an order that depends on the seed; ``uniform`` keeps the values every earlier
+    figure was drawn with."""
+    from echodiff.evaluation import counterfactual_target
+    from echodiff.rng import derived_seed
+
+    uniform = ScoreConfig(mode="counterfactual", seed=0)
+    drawn = [counterfactual_target(i, 12, uniform) for i in range(12)]
+    assert drawn == [np.random.default_rng(derived_seed(0, i, 1)).uniform(15.0, 85.0) for i in range(12)]
+    for seed in (0, 1):
+        cfg = ScoreConfig(mode="counterfactual", seed=seed, target_draw="stratified")
+        targets = np.array([counterfactual_target(i, 12, cfg) for i in range(12)])
+        strata = np.floor((targets - 15.0) / (70.0 / 12)).astype(int)
+        assert sorted(strata) == list(range(12)), targets  # one per stratum: 15-20.8 %, ..., 79.2-85 %
+        assert counterfactual_target(3, 12, cfg) == targets[3]  # (seed, index, n) fix it: chunks agree
+    orders = [[int(counterfactual_target(i, 12, ScoreConfig(mode="counterfactual", seed=seed,
+                                                             target_draw="stratified")) // 10) for i in range(12)]
+              for seed in (0, 1)]
+    assert orders[0] != orders[1]
+    with pytest.raises(ValueError, match="target_draw must be one of"):
+        ScoreConfig(mode="counterfactual", target_draw="even")
 
 
 def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade_and_regressor, tmp_path):
