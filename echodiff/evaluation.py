@@ -4,7 +4,8 @@ feedback loop (selection), and the paper's metrics table.
 A score row follows EchoDiffusion's ``generate_score_file_chunk.py``: FileName, GT EF (the target, %),
 Gen EF (regressed on the generated clip), Ref EF (regressed on the real clip), SSIM, LPIPS -- plus what makes
 the row reproducible: the candidate index ``noise``, the batch ``seed``, sampler ``steps``/``churn``,
-``cond_scale``, ``mode`` (factual: target = the video's EF; counterfactual: target ~ U(15, 85) %, one per video)
+``cond_scale``, ``mode`` (factual: target = the video's EF; counterfactual: one target per video in ``ef_range``,
+U(15, 85) % as the seed draws it, or stratified over the range: :func:`counterfactual_target`)
 and the model and regressor ids.
 
 Work is split into fixed batches of ``batch_videos`` videos x ``num_noise`` candidates, each sampled with a
