@@ -131,6 +131,7 @@ def counterfactual_target(index: int, n: int, cfg: ScoreConfig) -> float:
     lo, hi = cfg.ef_range
     if cfg.target_draw == "uniform":
         return float(rng.uniform(lo, hi))
+    # the strata's order: one stream per (seed, n), named by four parts so that no per-video stream shares it
     stratum = np.random.default_rng(derived_seed(cfg.seed, n, 0, 0)).permutation(n)[index]
     return float(lo + (hi - lo) * (stratum + rng.uniform()) / n)
 
