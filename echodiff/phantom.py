@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -416,18 +416,28 @@ def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: 
     Deterministic in ``(n, seed)``. Videos already present (from an interrupted run) are kept; the CSVs are
     written last, atomically, so a folder with a ``FileList.csv`` is complete.
     """
+    all_hearts, splits = hearts(n, seed)
+    return write_hearts(out, all_hearts, splits, workers)
+
+
+def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[str],
+                 workers: int | None = None) -> pd.DataFrame:
+    """Write ``chosen`` hearts (e.g. :func:`make_heart` at EFs of your choice) in EchoNet-Dynamic's format under
+    ``out``, heart ``i`` in split ``splits[i]``; return the FileList. Resumes and finishes as :func:`write_phantom`."""
+    if len(chosen) != len(splits):
+        raise ValueError(f"{len(chosen)} hearts but {len(splits)} splits")
     out = Path(out)
     videos = out / "Videos"
     videos.mkdir(parents=True, exist_ok=True)
-    all_hearts, splits = hearts(n, seed)
     workers = workers or min(4, os.cpu_count() or 1)
-    jobs = [(h, s, str(videos)) for h, s in zip(all_hearts, splits, strict=True)]
-    print(f"phantom: writing {n} videos to {out} with {workers} worker(s)", flush=True)
+    jobs = [(h, s, str(videos)) for h, s in zip(chosen, splits, strict=True)]
+    print(f"phantom: writing {len(jobs)} videos to {out} with {workers} worker(s)", flush=True)
     if workers == 1:
         results = [_write_one(j) for j in tqdm(jobs, desc="phantom", unit="video")]
     else:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_write_one, jobs, chunksize=4), total=n, desc="phantom", unit="video"))
+            results = list(tqdm(pool.map(_write_one, jobs, chunksize=4), total=len(jobs), desc="phantom",
+                                unit="video"))
     filelist = pd.DataFrame([r for r, _ in results], columns=FILELIST_COLUMNS)
     tracings = pd.DataFrame([t for _, ts in results for t in ts], columns=TRACING_COLUMNS)
     atomic_write_csv(tracings, out / "VolumeTracings.csv")

@@ -1,0 +1,94 @@
+"""Do the EF judges compress EF on blurred videos? (docs/generator-experiments.md, E34; inference only, ~1 min on a CPU)
+
+Every VAL clip of the phantom, taken as stage 03 takes it (from the traced ED frame, the cascade's length and frame
+rate), is read by the EF regressor and the segmentation judge as it is and after the losses the cascade's videos
+have: 32 px (stage 2's size), 16 px (stage 1's) brought back to 32 px, and 4 fps (stage 1's frame rate) brought back
+by trilinear interpolation. It prints r, slope and MAE of each judge against the CSV's EF. If the judges' slope fell
+below 1 on blurred real clips, a generator's slope below 1 could be the judge's; it does not::
+
+    python benchmarks/judge_degradation.py --model outputs/diffusion/demo/model \\
+        --regressor outputs/ef_regression/demo/best.pt --seg-judge outputs/evaluate/demo/scores/lv_segmenter.pt
+
+The phantom's VAL hearts lie within 25-75 %. ``--grid LO HI N`` instead writes N new phantom hearts (VAL) with EFs
+evenly spaced over LO-HI % (the same renderer, other anatomies) and reads those, to see how the judges read hearts
+beyond the range the phantom populates, where stage 03's counterfactual targets go (15-85 %).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from echodiff.data.transforms import resize
+from echodiff.diffusion.imagen import cascade_clips, load_model_folder
+from echodiff.ef_training import load_regressor
+from echodiff.evaluation import ScoreConfig, video_item
+from echodiff.metrics.regression import ef_scores
+from echodiff.models.ef_regressor import regress_ef
+from echodiff.phantom import make_heart, write_hearts
+from echodiff.seg_judge import SegJudge, SegJudgeConfig
+
+
+def back_to(videos: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``(B, C, T, H, W)`` resampled to ``shape = (T, H, W)`` by trilinear interpolation, as stage 03 resamples."""
+    return F.interpolate(videos, size=shape, mode="trilinear", align_corners=False).clamp(0, 1)
+
+
+def degraded(real: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """The real clips ``(B, 3, T, H, W)`` as they are and after each of the cascade's losses, at their own shape."""
+    shape = tuple(real.shape[-3:])
+    every_other = real[:, :, ::2]
+    return {"as read": real,
+            f"{size} px": back_to(resize(real, size), shape),
+            f"{size // 2} px": back_to(back_to(resize(real, size // 2), (shape[0], size, size)), shape),
+            f"{size} px, half the frames": back_to(resize(every_other, size), shape),
+            f"{size // 2} px, half the frames": back_to(resize(every_other, size // 2), shape)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a stage-02 model folder (its clip format and output size)")
+    parser.add_argument("--regressor", required=True, help="stage 01's best.pt")
+    parser.add_argument("--seg-judge", required=True, help="a stage-03 lv_segmenter.pt made for this cascade")
+    parser.add_argument("--data-root", default="data/phantom")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--seg-steps", type=int, default=300, help="the judge's settings, as stage 03 made it")
+    parser.add_argument("--grid", nargs=3, type=float, metavar=("LO", "HI", "N"), default=None,
+                        help="read N new VAL hearts with EFs evenly spaced over LO-HI %% instead of --data-root's")
+    args = parser.parse_args()
+    if args.grid:
+        lo, hi, n = args.grid
+        args.data_root, args.cache_dir = tempfile.mkdtemp(prefix="judge-grid-phantom-"), None
+        write_hearts(args.data_root, [make_heart(1000, i, ef) for i, ef in enumerate(np.linspace(lo, hi, int(n)))],
+                     ["VAL"] * int(n), workers=2)
+
+    model = load_model_folder(args.model)
+    cfg = ScoreConfig(mode="factual", data_root=args.data_root, cache_dir=args.cache_dir, seg_steps=args.seg_steps)
+    data = cascade_clips(model.config, args.data_root, "val", args.cache_dir)
+    items = [video_item(data, i, cfg) for i in range(len(data))]
+    real = torch.stack([clip for _, _, clip, _ in items])
+    efs = np.array([ef for _, ef, _, _ in items])
+    regressor = load_regressor(args.regressor)
+    judge = SegJudge.load(args.seg_judge, SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps,
+                                                         videos=cfg.seg_videos, seed=cfg.seed))
+    print(f"{len(efs)} VAL clips {tuple(real.shape[1:])}, EF {efs.min():.0f}-{efs.max():.0f} %")
+    for name, videos in degraded(real, model.image_size).items():
+        read_regressor = regress_ef(regressor, videos, float(model.config["fps"])).numpy()
+        read_segmentation = judge.ef(resize(videos, model.image_size))
+        if name == "as read" and args.grid:  # where along the range each judge levels off
+            for low in np.arange(np.floor(efs.min() / 10) * 10, efs.max(), 10):
+                inside = (efs >= low) & (efs < low + 10)
+                if inside.any():
+                    print(f"  true EF {low:.0f}-{low + 10:.0f} % ({inside.sum()}): regressor reads "
+                          f"{read_regressor[inside].mean():.1f}, segmentation {read_segmentation[inside].mean():.1f}")
+        by_regressor, by_segmentation = ef_scores(efs, read_regressor), ef_scores(efs, read_segmentation)
+        print(f"{name:26s} regressor r {by_regressor['r']:.3f} slope {by_regressor['slope']:.2f} "
+              f"MAE {by_regressor['mae']:.2f} | segmentation r {by_segmentation['r']:.3f} "
+              f"slope {by_segmentation['slope']:.2f} MAE {by_segmentation['mae']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
