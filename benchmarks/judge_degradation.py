@@ -11,7 +11,9 @@ below 1 on blurred real clips, a generator's slope below 1 could be the judge's;
 
 The phantom's VAL hearts lie within 25-75 %. ``--grid LO HI N`` instead writes N new phantom hearts (VAL) with EFs
 evenly spaced over LO-HI % (the same renderer, other anatomies) and reads those, to see how the judges read hearts
-beyond the range the phantom populates, where stage 03's counterfactual targets go (15-85 %).
+beyond the range the phantom populates, where stage 03's counterfactual targets go (15-85 %). ``--regressor`` may be
+repeated as NAME=PATH: with stage 04's variants (``<out_dir>/regressors/<variant>/best.pt``) it says whether
+rebalancing taught a regressor the ends of the range, on real hearts there rather than the few VAL/TEST ones.
 """
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ def degraded(real: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a stage-02 model folder (its clip format and output size)")
-    parser.add_argument("--regressor", required=True, help="stage 01's best.pt")
-    parser.add_argument("--seg-judge", required=True, help="a stage-03 lv_segmenter.pt made for this cascade")
+    parser.add_argument("--regressor", action="append", required=True,
+                        help="stage 01's best.pt, or NAME=PATH; repeat to compare (e.g. stage 04's variants)")
+    parser.add_argument("--seg-judge", default=None, help="a stage-03 lv_segmenter.pt made for this cascade")
     parser.add_argument("--data-root", default="data/phantom")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--seg-steps", type=int, default=300, help="the judge's settings, as stage 03 made it")
@@ -66,28 +69,33 @@ def main() -> None:
                      ["VAL"] * int(n), workers=2)
 
     model = load_model_folder(args.model)
+    fps = float(model.config["fps"])
     cfg = ScoreConfig(mode="factual", data_root=args.data_root, cache_dir=args.cache_dir, seg_steps=args.seg_steps)
     data = cascade_clips(model.config, args.data_root, "val", args.cache_dir)
     items = [video_item(data, i, cfg) for i in range(len(data))]
     real = torch.stack([clip for _, _, clip, _ in items])
     efs = np.array([ef for _, ef, _, _ in items])
-    regressor = load_regressor(args.regressor)
-    judge = SegJudge.load(args.seg_judge, SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps,
-                                                         videos=cfg.seg_videos, seed=cfg.seed))
+    judges = {}  # name -> videos (B, 3, T, H, W) at the clips' shape -> EF (%) per video
+    for spec in args.regressor:
+        name, _, path = spec.rpartition("=")
+        regressor = load_regressor(path)
+        judges[name or "regressor"] = lambda v, r=regressor: regress_ef(r, v, fps).numpy()
+    if args.seg_judge:
+        segmenter = SegJudge.load(args.seg_judge, SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps,
+                                                                 videos=cfg.seg_videos, seed=cfg.seed))
+        judges["segmentation"] = lambda v: segmenter.ef(resize(v, model.image_size))
     print(f"{len(efs)} VAL clips {tuple(real.shape[1:])}, EF {efs.min():.0f}-{efs.max():.0f} %")
-    for name, videos in degraded(real, model.image_size).items():
-        read_regressor = regress_ef(regressor, videos, float(model.config["fps"])).numpy()
-        read_segmentation = judge.ef(resize(videos, model.image_size))
-        if name == "as read" and args.grid:  # where along the range each judge levels off
+    for degradation, videos in degraded(real, model.image_size).items():
+        reads = {name: judge(videos) for name, judge in judges.items()}
+        if degradation == "as read" and args.grid:  # where along the range each judge levels off
             for low in np.arange(np.floor(efs.min() / 10) * 10, efs.max(), 10):
                 inside = (efs >= low) & (efs < low + 10)
                 if inside.any():
-                    print(f"  true EF {low:.0f}-{low + 10:.0f} % ({inside.sum()}): regressor reads "
-                          f"{read_regressor[inside].mean():.1f}, segmentation {read_segmentation[inside].mean():.1f}")
-        by_regressor, by_segmentation = ef_scores(efs, read_regressor), ef_scores(efs, read_segmentation)
-        print(f"{name:26s} regressor r {by_regressor['r']:.3f} slope {by_regressor['slope']:.2f} "
-              f"MAE {by_regressor['mae']:.2f} | segmentation r {by_segmentation['r']:.3f} "
-              f"slope {by_segmentation['slope']:.2f} MAE {by_segmentation['mae']:.2f}")
+                    print(f"  true EF {low:.0f}-{low + 10:.0f} % ({inside.sum()}): "
+                          + ", ".join(f"{name} reads {read[inside].mean():.1f}" for name, read in reads.items()))
+        print(f"{degradation:26s} " + " | ".join(
+            f"{name} r {s['r']:.3f} slope {s['slope']:.2f} MAE {s['mae']:.2f}"
+            for name, s in ((name, ef_scores(efs, read)) for name, read in reads.items())))
 
 
 if __name__ == "__main__":
