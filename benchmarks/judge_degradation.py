@@ -22,21 +22,15 @@ import tempfile
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from echodiff.data.transforms import resize
 from echodiff.diffusion.imagen import cascade_clips, load_model_folder
 from echodiff.ef_training import load_regressor
-from echodiff.evaluation import ScoreConfig, video_item
+from echodiff.evaluation import ScoreConfig, seg_judge_config, to_size, video_item
 from echodiff.metrics.regression import ef_scores
 from echodiff.models.ef_regressor import regress_ef
 from echodiff.phantom import make_heart, write_hearts
-from echodiff.seg_judge import SegJudge, SegJudgeConfig
-
-
-def back_to(videos: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``(B, C, T, H, W)`` resampled to ``shape = (T, H, W)`` by trilinear interpolation, as stage 03 resamples."""
-    return F.interpolate(videos, size=shape, mode="trilinear", align_corners=False).clamp(0, 1)
+from echodiff.seg_judge import SegJudge
 
 
 def degraded(real: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
@@ -44,10 +38,10 @@ def degraded(real: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     shape = tuple(real.shape[-3:])
     every_other = real[:, :, ::2]
     return {"as read": real,
-            f"{size} px": back_to(resize(real, size), shape),
-            f"{size // 2} px": back_to(back_to(resize(real, size // 2), (shape[0], size, size)), shape),
-            f"{size} px, half the frames": back_to(resize(every_other, size), shape),
-            f"{size // 2} px, half the frames": back_to(resize(every_other, size // 2), shape)}
+            f"{size} px": to_size(resize(real, size), shape),
+            f"{size // 2} px": to_size(to_size(resize(real, size // 2), (shape[0], size, size)), shape),
+            f"{size} px, half the frames": to_size(resize(every_other, size), shape),
+            f"{size // 2} px, half the frames": to_size(resize(every_other, size // 2), shape)}
 
 
 def main() -> None:
@@ -62,16 +56,22 @@ def main() -> None:
     parser.add_argument("--grid", nargs=3, type=float, metavar=("LO", "HI", "N"), default=None,
                         help="read N new VAL hearts with EFs evenly spaced over LO-HI %% instead of --data-root's")
     args = parser.parse_args()
-    if args.grid:
+    if not args.grid:
+        read_clips(args, args.data_root, args.cache_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="judge-grid-phantom-") as root:  # the grid's hearts are not kept
         lo, hi, n = args.grid
-        args.data_root, args.cache_dir = tempfile.mkdtemp(prefix="judge-grid-phantom-"), None
-        write_hearts(args.data_root, [make_heart(1000, i, ef) for i, ef in enumerate(np.linspace(lo, hi, int(n)))],
+        write_hearts(root, [make_heart(1000, i, ef) for i, ef in enumerate(np.linspace(lo, hi, int(n)))],
                      ["VAL"] * int(n), workers=2)
+        read_clips(args, root, None)
 
+
+def read_clips(args: argparse.Namespace, data_root: str, cache_dir: str | None) -> None:
+    """Read ``data_root``'s VAL clips with every judge in ``args``, as they are and degraded; print the figures."""
     model = load_model_folder(args.model)
     fps = float(model.config["fps"])
-    cfg = ScoreConfig(mode="factual", data_root=args.data_root, cache_dir=args.cache_dir, seg_steps=args.seg_steps)
-    data = cascade_clips(model.config, args.data_root, "val", args.cache_dir)
+    cfg = ScoreConfig(mode="factual", data_root=data_root, cache_dir=cache_dir, seg_steps=args.seg_steps)
+    data = cascade_clips(model.config, data_root, "val", cache_dir)
     items = [video_item(data, i, cfg) for i in range(len(data))]
     real = torch.stack([clip for _, _, clip, _ in items])
     efs = np.array([ef for _, ef, _, _ in items])
@@ -81,8 +81,7 @@ def main() -> None:
         regressor = load_regressor(path)
         judges[name or "regressor"] = lambda v, r=regressor: regress_ef(r, v, fps).numpy()
     if args.seg_judge:
-        segmenter = SegJudge.load(args.seg_judge, SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps,
-                                                                 videos=cfg.seg_videos, seed=cfg.seed))
+        segmenter = SegJudge.load(args.seg_judge, seg_judge_config(model, cfg))
         judges["segmentation"] = lambda v: segmenter.ef(resize(v, model.image_size))
     print(f"{len(efs)} VAL clips {tuple(real.shape[1:])}, EF {efs.min():.0f}-{efs.max():.0f} %")
     for degradation, videos in degraded(real, model.image_size).items():

@@ -239,13 +239,18 @@ def seg_judge_path(score_csv: str | os.PathLike) -> Path:
     return Path(score_csv).parent / "lv_segmenter.pt"
 
 
+def seg_judge_config(model: CascadeModel, cfg: ScoreConfig) -> SegJudgeConfig:
+    """The segmentation judge a stage-03 run of ``cfg`` uses for ``model``: at the cascade's output size (px)."""
+    return SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps, videos=cfg.seg_videos, seed=cfg.seed)
+
+
 def load_or_fit_seg_judge(model: CascadeModel, cfg: ScoreConfig, path: str | os.PathLike) -> SegJudge | None:
     """The segmentation judge (:mod:`echodiff.seg_judge`) at the cascade's output size: read from ``path`` when an
     earlier mode or chunk trained it (same settings, or an error naming the file), else trained on ``cfg.data_root``
     (TRAIN's traced frames) and written there atomically. None when ``cfg.seg_steps`` is 0."""
     if not cfg.seg_steps:
         return None
-    wanted = SegJudgeConfig(size=model.image_size, steps=cfg.seg_steps, videos=cfg.seg_videos, seed=cfg.seed)
+    wanted = seg_judge_config(model, cfg)
     path = Path(path)
     if path.exists():
         return SegJudge.load(path, wanted)
@@ -323,7 +328,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         no_judge = np.full(len(videos), np.nan)
         seg_ef = segmenter.ef(videos) if segmenter is not None else no_judge
         ref_seg_ef = np.repeat(segmenter.ef(real), cfg.num_noise) if segmenter is not None else no_judge
-        videos = _to_size(videos, real.shape[-3:])
+        videos = to_size(videos, real.shape[-3:])
         real_rep = real.repeat_interleave(cfg.num_noise, 0)
         gen_ef, gen_feat = regress_ef(regressor, videos, fps, features=True)
         ref_ef, ref_feat = regress_ef(regressor, real, fps, features=True)
@@ -373,8 +378,9 @@ def read_features(score_csv: str | os.PathLike) -> dict[tuple[str, int], np.ndar
         return {(str(n), int(j)): f for n, j, f in zip(data["names"], data["noise"], data["features"], strict=True)}
 
 
-def _to_size(videos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resample ``(B, C, T, H, W)`` to ``size = (T, H, W)`` (trilinear, as the seed does before scoring)."""
+def to_size(videos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample ``(B, C, T, H, W)`` videos in [0, 1] to ``size = (T, H, W)`` (trilinear, as the seed does before
+    scoring a candidate against its real clip)."""
     if tuple(videos.shape[-3:]) == tuple(size):
         return videos
     return F.interpolate(videos, size=tuple(size), mode="trilinear", align_corners=False).clamp(0, 1)
