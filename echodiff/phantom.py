@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -405,9 +406,15 @@ def hearts(n: int, seed: int) -> tuple[list[Heart], np.ndarray]:
     efs = sample_ef(rng, n)
     splits = assign_splits(n, rng)
     out = [make_heart(seed, i, ef) for i, ef in enumerate(efs)]
-    if len({h.file_name for h in out}) != n:
+    if _repeated_names(out):
         raise RuntimeError(f"FileName collision for seed {seed}; use another seed")
     return out, splits
+
+
+def _repeated_names(chosen: Sequence[Heart]) -> list[str]:
+    """FileNames that more than one of ``chosen`` would be written under (sorted; empty when all differ)."""
+    counts = Counter(h.file_name for h in chosen)
+    return sorted(name for name, count in counts.items() if count > 1)
 
 
 def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: int | None = None) -> pd.DataFrame:
@@ -426,6 +433,10 @@ def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[s
     ``out``, heart ``i`` in split ``splits[i]``; return the FileList. Resumes and finishes as :func:`write_phantom`."""
     if len(chosen) != len(splits):
         raise ValueError(f"{len(chosen)} hearts but {len(splits)} splits")
+    repeated = _repeated_names(chosen)
+    if repeated:
+        raise ValueError(f"hearts share a FileName ({', '.join(repeated[:5])}): one video would overwrite another; "
+                         "make each with its own (seed, index) in make_heart")
     out = Path(out)
     videos = out / "Videos"
     videos.mkdir(parents=True, exist_ok=True)

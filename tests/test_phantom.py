@@ -156,3 +156,8 @@ def test_write_hearts_writes_hearts_at_chosen_efs(tmp_path):
     assert read_video(tmp_path / "Videos" / f"{filelist.FileName[0]}.avi").shape[1] == filelist.NumberOfFrames[0]
     with pytest.raises(ValueError, match="3 hearts but 2 splits"):
         phantom.write_hearts(tmp_path, [phantom.make_heart(1000, i, 50.0) for i in range(3)], ["VAL"] * 2)
+    # the same (seed, index) at two EFs is one FileName: refused before anything is written over
+    twins = [phantom.make_heart(1000, 7, 30.0), phantom.make_heart(1000, 7, 70.0)]
+    with pytest.raises(ValueError, match=f"share a FileName \\({twins[0].file_name}\\)"):
+        phantom.write_hearts(tmp_path / "twins", twins, ["VAL"] * 2, workers=1)
+    assert not (tmp_path / "twins").exists()
