@@ -2,9 +2,12 @@
 
 Every VAL clip of the phantom, taken as stage 03 takes it (from the traced ED frame, the cascade's length and frame
 rate), is read by the EF regressor and the segmentation judge as it is and after the losses the cascade's videos
-have: 32 px (stage 2's size), 16 px (stage 1's) brought back to 32 px, and 4 fps (stage 1's frame rate) brought back
-by trilinear interpolation. It prints r, slope and MAE of each judge against the CSV's EF. If the judges' slope fell
-below 1 on blurred real clips, a generator's slope below 1 could be the judge's; it does not::
+have: 32 px (stage 2's size), 16 px (stage 1's) brought back to 32 px, every other frame (4 fps, stage 1's frame
+rate) brought back by trilinear interpolation, and stage 1's training target exactly as the built cascade makes it
+(``imagen.resize_to`` down to stage 1's size and frames, and up again as stage 2 receives it). It prints r, slope, MAE
+and bias of each judge against the CSV's EF. If the judges' slope fell below 1 on blurred real clips, a generator's
+slope below 1 could be the judge's; it does not (E34). The last row is what stage 1 is trained to make: with the demo's
+``resize_mode: area`` imagen averages frame pairs, and its target reads 10 EF points low (E39)::
 
     python benchmarks/judge_degradation.py --model outputs/diffusion/demo/model \\
         --regressor outputs/ef_regression/demo/best.pt --seg-judge outputs/evaluate/demo/scores/lv_segmenter.pt
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from echodiff.data.transforms import resize
-from echodiff.diffusion.imagen import cascade_clips, load_model_folder
+from echodiff.diffusion.imagen import CascadeModel, cascade_clips, load_model_folder
 from echodiff.ef_training import load_regressor
 from echodiff.evaluation import ScoreConfig, seg_judge_config, to_size, video_item
 from echodiff.metrics.regression import ef_scores
@@ -33,15 +36,22 @@ from echodiff.phantom import make_heart, write_hearts
 from echodiff.seg_judge import SegJudge
 
 
-def degraded(real: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+def degraded(real: torch.Tensor, model: CascadeModel) -> dict[str, torch.Tensor]:
     """The real clips ``(B, 3, T, H, W)`` as they are and after each of the cascade's losses, at their own shape."""
     shape = tuple(real.shape[-3:])
+    size = model.image_size
     every_other = real[:, :, ::2]
+    imagen = model.imagen
+    first_size = int(imagen.image_sizes[0])
+    first_frames = shape[0] // int(imagen.temporal_downsample_factor[0])
+    stage1 = imagen.resize_to(real, first_size, target_frames=first_frames)  # stage 1's training target
     return {"as read": real,
             f"{size} px": to_size(resize(real, size), shape),
             f"{size // 2} px": to_size(to_size(resize(real, size // 2), (shape[0], size, size)), shape),
-            f"{size} px, half the frames": to_size(resize(every_other, size), shape),
-            f"{size // 2} px, half the frames": to_size(resize(every_other, size // 2), shape)}
+            f"{size} px, every other frame": to_size(resize(every_other, size), shape),
+            f"{size // 2} px, every other frame": to_size(resize(every_other, size // 2), shape),
+            f"stage 1's target ({first_size} px, {first_frames} fr.)":
+                to_size(imagen.resize_to(stage1, size, target_frames=shape[0]), shape)}
 
 
 def main() -> None:
@@ -84,7 +94,7 @@ def read_clips(args: argparse.Namespace, data_root: str, cache_dir: str | None) 
         segmenter = SegJudge.load(args.seg_judge, seg_judge_config(model, cfg))
         judges["segmentation"] = lambda v: segmenter.ef(resize(v, model.image_size))
     print(f"{len(efs)} VAL clips {tuple(real.shape[1:])}, EF {efs.min():.0f}-{efs.max():.0f} %")
-    for degradation, videos in degraded(real, model.image_size).items():
+    for degradation, videos in degraded(real, model).items():
         reads = {name: judge(videos) for name, judge in judges.items()}
         if degradation == "as read" and args.grid:  # where along the range each judge levels off
             for low in np.arange(np.floor(efs.min() / 10) * 10, efs.max(), 10):
@@ -92,9 +102,9 @@ def read_clips(args: argparse.Namespace, data_root: str, cache_dir: str | None) 
                 if inside.any():
                     print(f"  true EF {low:.0f}-{low + 10:.0f} % ({inside.sum()}): "
                           + ", ".join(f"{name} reads {read[inside].mean():.1f}" for name, read in reads.items()))
-        print(f"{degradation:26s} " + " | ".join(
-            f"{name} r {s['r']:.3f} slope {s['slope']:.2f} MAE {s['mae']:.2f}"
-            for name, s in ((name, ef_scores(efs, read)) for name, read in reads.items())))
+        print(f"{degradation:34s} " + " | ".join(
+            f"{name} r {s['r']:.3f} slope {s['slope']:.2f} MAE {s['mae']:.2f} bias {np.mean(read - efs):+.1f}"
+            for name, s, read in ((name, ef_scores(efs, read), read) for name, read in reads.items())))
 
 
 if __name__ == "__main__":
