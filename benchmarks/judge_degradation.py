@@ -92,7 +92,7 @@ def read_clips(args: argparse.Namespace, data_root: str, cache_dir: str | None) 
         judges[name or "regressor"] = lambda v, r=regressor: regress_ef(r, v, fps).numpy()
     if args.seg_judge:
         segmenter = SegJudge.load(args.seg_judge, seg_judge_config(model, cfg))
-        judges["segmentation"] = lambda v: segmenter.ef(resize(v, model.image_size))
+        judges["segmentation"] = segmenter.ef  # it area-resizes to its own size (the cascade's output size)
     print(f"{len(efs)} VAL clips {tuple(real.shape[1:])}, EF {efs.min():.0f}-{efs.max():.0f} %")
     for degradation, videos in degraded(real, model).items():
         reads = {name: judge(videos) for name, judge in judges.items()}
