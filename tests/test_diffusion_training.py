@@ -11,6 +11,7 @@ from echodiff.diffusion.training import (
     check_window,
     export_model,
     load_cascade_config,
+    scheduled_lr,
     stage_configs,
     train_stage,
     window,
@@ -88,9 +89,40 @@ def test_bad_stage_and_config_mismatch(phantom_root, cascade_file, tmp_path):
         train_stage(_cfg(bad, phantom_root), tmp_path / "z")
 
 
+def test_cosine_lr_schedule_anneals_to_zero_and_fixes_its_length(phantom_root, cascade_file, tmp_path):
+    cosine = _cfg(cascade_file, phantom_root, lr=1e-3, lr_schedule="cosine")
+    assert [scheduled_lr(cosine, s) for s in (0, 2, 4)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-12)
+    _, history = train_stage(cosine, tmp_path / "cos", stop_after_steps=2)
+    _, history = train_stage(cosine, tmp_path / "cos")  # resumed: the curve is the step's, not the call's
+    # the rate each optimizer update used, as logged: half a cosine from lr down to ~0 at the last update
+    assert history.lr.tolist() == pytest.approx([scheduled_lr(cosine, s) for s in range(4)], abs=1e-12)
+    assert history.lr.iloc[0] == 1e-3 and history.lr.iloc[-1] < 0.15e-3
+    with pytest.raises(ValueError, match=r"steps: 4 -> 6"):  # a longer cosine is another schedule, not a resume
+        train_stage(_cfg(cascade_file, phantom_root, lr=1e-3, lr_schedule="cosine", steps=6), tmp_path / "cos")
+    _, constant = train_stage(_cfg(cascade_file, phantom_root, lr=1e-3), tmp_path / "const")
+    assert constant.lr.tolist() == [1e-3] * 4
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('constant', 'cosine'\), got 'linear'"):
+        DiffusionTrainConfig(lr_schedule="linear")
+
+
+def test_checkpoint_from_before_lr_schedule_resumes_as_constant(phantom_root, cascade_file, tmp_path):
+    train_stage(_cfg(cascade_file, phantom_root, steps=1), tmp_path / "old")
+    path = tmp_path / "old" / "trainer.pt"
+    state = _state(path)
+    del state["settings"][1]["lr_schedule"]  # as written before the setting existed
+    torch.save(state, path)
+    trainer, history = train_stage(_cfg(cascade_file, phantom_root, steps=2), tmp_path / "old")
+    assert trainer.steps.tolist()[0] == 2 and list(history.step) == [1, 2]
+    with pytest.raises(ValueError, match=r"lr_schedule: 'constant' -> 'cosine'"):
+        train_stage(_cfg(cascade_file, phantom_root, steps=3, lr_schedule="cosine"), tmp_path / "old")
+
+
 def test_stage_configs_pair_per_stage_values_with_stages():
     def plan(**params):
         return [(c.stage, c.steps, c.batch_size, c.window_frames) for c in stage_configs(params)]
+
+    assert [c.lr_schedule for c in stage_configs({"stage": [1, 2], "lr_schedule": ["constant", "cosine"]})] == [
+        "constant", "cosine"]
 
     assert plan(stage=2, steps=100, batch_size=8) == [(2, 100, 8, None)]
     assert plan(stage=[1, 2], steps=[450, 100], batch_size=[8, 4], window_frames=[None, 4]) == [

@@ -11,6 +11,7 @@ folder: training stage 2 starts from stage 1's weights, and :func:`export_model`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ from echodiff.diffusion.sampling import sample
 from echodiff.io import CheckpointMismatch, read_checkpoint, resume_source, rotate_checkpoint
 from echodiff.rng import rng_state, seed_everything, set_rng_state
 
+#: learning-rate schedules of one stage's training (:func:`scheduled_lr`)
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class DiffusionTrainConfig:
@@ -55,6 +59,7 @@ class DiffusionTrainConfig:
     window_frames: int | None = None  # train on random windows of this many consecutive frames (None: whole clips)
     short_videos: str = "pad"  # a video shorter than one clip: zero-padded (EchoNet's rule) or "drop"ped
     lr: float = 5e-4
+    lr_schedule: str = "constant"  # constant | cosine (annealed from lr at step 0 to 0 at `steps`)
     steps: int = 1000  # total optimizer steps for this stage
     checkpoint_every: int = 100
     val_every: int = 100
@@ -69,6 +74,10 @@ class DiffusionTrainConfig:
     keep_checkpoints: int = 1  # replaced trainer.pt files kept as trainer.1.pt ... (a resume falls back to them)
     resume_from: str | None = None  # resume from this checkpoint file (e.g. trainer.2.pt) instead of trainer.pt
 
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DiffusionTrainConfig:
         """The config from a parameter mapping: the keys it declares, type- and range-checked
@@ -81,6 +90,22 @@ class DiffusionTrainConfig:
 #: file resumes and a changed architecture does not)
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every", "val_batches", "num_workers", "cache_dir",
                      "keep_checkpoints", "resume_from", "model_config")
+#: settings added after checkpoints were first written: a checkpoint without one was trained with this value
+LATER_SETTINGS = {"lr_schedule": "constant"}
+
+
+def scheduled_lr(cfg: DiffusionTrainConfig, step: int) -> float:
+    """Learning rate of the optimizer update that follows ``step`` updates (0-based): ``cfg.lr`` throughout
+    (``constant``), or half a cosine from ``cfg.lr`` at step 0 to 0 at ``cfg.steps`` (``cosine``). A function of
+    the step alone, so a resumed or multi-process run follows the same curve."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+
+
+def resumable_changes(cfg: DiffusionTrainConfig) -> tuple[str, ...]:
+    """:data:`RESUMABLE_CHANGES` for this run: a cosine schedule's length is ``steps``, so there it is fixed."""
+    return tuple(k for k in RESUMABLE_CHANGES if not (k == "steps" and cfg.lr_schedule == "cosine"))
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -163,7 +188,9 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
         saved = extra.get("settings", {}).get(cfg.stage)
         if saved is not None and "model" in saved:  # written before `model` was renamed `model_config`
             saved = {("model_config" if k == "model" else k): v for k, v in saved.items()}
-        changed = changed_settings(saved, dataclasses.asdict(cfg), RESUMABLE_CHANGES)
+        if saved is not None:
+            saved = {**LATER_SETTINGS, **saved}
+        changed = changed_settings(saved, dataclasses.asdict(cfg), resumable_changes(cfg))
         if changed:
             raise ValueError(f"{source}: stage {cfg.stage} was trained with other settings ({'; '.join(changed)}); "
                              "use another checkpoint_dir, pass resume=False to start over, or restore them")
@@ -203,6 +230,8 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
         for anatomy, ef, clip in loader:
             clip = window(clip, cfg.window_frames)
+            for group in getattr(trainer, f"optim{cfg.stage - 1}").param_groups:
+                group["lr"] = scheduled_lr(cfg, step)
             loss = trainer(training_target(clip, anatomy, config), text_embeds=ef_embedding(ef, kind),
                            cond_images=resize(anatomy, size), unet_number=cfg.stage,
                            max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
@@ -301,7 +330,7 @@ def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Pa
 
 
 #: settings a params file may give one value per stage, as a list in the order of ``stage``
-PER_STAGE = ("steps", "batch_size", "window_frames")
+PER_STAGE = ("steps", "batch_size", "window_frames", "lr_schedule")
 
 
 def stage_configs(params: dict[str, Any]) -> list[DiffusionTrainConfig]:
