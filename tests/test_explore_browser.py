@@ -4,6 +4,7 @@ with their regressed EF; a bad upload gets its message in the page. A screenshot
 ``$ECHODIFF_OUTPUTS/explore/screenshot.png`` (the session's temporary outputs folder)."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,9 +18,10 @@ import pytest
 from echodiff.config import repo_root, resolve_path
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # reported by _missing()
-    expect = sync_playwright = None
+    expect = sync_playwright = PlaywrightTimeout = None
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # as root, and without the background-networking flags Chromium keeps trying to reach Google's hosts
@@ -102,10 +104,23 @@ def test_explore_notebook_generates_in_a_real_browser(lab, tmp_path):
         page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
         expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first).to_be_attached(
             timeout=120_000)  # the kernel is up
-        page.locator(".jp-Notebook .jp-Cell").first.click()  # the notebook is the current widget: its menus act
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        expect(page.locator(".jp-InputPrompt", has_text="[1]:").first).to_be_attached(timeout=120_000)
+        # Run All, until it takes effect (the first cell queued or running, [*], or done, [1]). On a loaded 2-core box
+        # JupyterLab can open the notebook without a kernel and ask for one in a dialog that blocks every click, or the
+        # menu can act before the kernel is connected and run nothing (each seen beside two training processes):
+        # answer the dialog with its default kernel, as a user would, and try again.
+        started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|1)\]:")).first
+        dialog = page.locator(".jp-Dialog")
+        for attempt in range(4):
+            try:
+                if dialog.count():
+                    dialog.locator("button.jp-mod-accept").first.click(timeout=10_000)
+                page.locator(".jp-Notebook .jp-Cell").first.click(timeout=20_000)  # the notebook is current: menus act
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=20_000)
+                page.get_by_role("menuitem", name="Run All Cells", exact=True).click(timeout=20_000)
+                started.wait_for(state="attached", timeout=45_000)
+                break
+            except PlaywrightTimeout:
+                assert attempt < 3, "Run All Cells ran nothing in four tries: the notebook never got a kernel"
         generate = page.locator("button.echodiff-generate-button")
         try:
             generate.wait_for(timeout=300_000)  # kernel start, imports, models: the page is the 4th cell's output
