@@ -93,9 +93,10 @@ def main() -> None:
 
     n = args.videos
     big = resize(torch.stack(anatomy[:n]), model.image_size)
-    low = sample(model, big, [15.0] * n, steps=8, churn=0.0, cond_scale=5.0, seed=0, last_stage=1)
-    high = sample(model, big, [85.0] * n, steps=8, churn=0.0, cond_scale=5.0, seed=0, last_stage=1)
-    own = sample(model, big, efs[:n].tolist(), steps=8, churn=0.0, cond_scale=5.0, seed=0, last_stage=1)
+    kwargs = dict(steps=8, churn=0.0, cond_scale=5.0, seed=0, last_stage=1, systole=model.systole_of(val, range(n)))
+    low = sample(model, big, [15.0] * n, **kwargs)
+    high = sample(model, big, [85.0] * n, **kwargs)
+    own = sample(model, big, efs[:n].tolist(), **kwargs)
     r_low, r_high = lv_range(low, outlines[:n]), lv_range(high, outlines[:n])
     scores = ssim(own, real[:n].expand(-1, 3, -1, -1, -1))
     result = {

@@ -59,7 +59,7 @@ def _peak_gib() -> float:
 
 
 def train_stage(name: str, stage: int, tiny: bool, steps: int) -> dict:
-    from echodiff.diffusion.imagen import ef_embedding, video_channels
+    from echodiff.diffusion.imagen import condition_embedding, video_channels
     from echodiff.diffusion.training import DiffusionTrainConfig, make_trainer
 
     config = cascade(name, tiny)
@@ -68,7 +68,8 @@ def train_stage(name: str, stage: int, tiny: bool, steps: int) -> dict:
     size, frames = config["imagen"]["image_sizes"][-1], config["frames"]
     clip = torch.rand(batch, video_channels(config), frames, size, size)
     anatomy = torch.rand(batch, 3, size, size)
-    embeds = ef_embedding(torch.rand(batch) * 80 + 10, config["ef_embedding"])
+    systole = torch.rand(batch) * 0.3 + 0.2 if config.get("condition_on_systole") else None  # s, ED -> ES
+    embeds = condition_embedding(config, torch.rand(batch) * 80 + 10, systole)
     for i in range(steps + 1):
         if i == 1:
             _sync()
@@ -82,7 +83,7 @@ def train_stage(name: str, stage: int, tiny: bool, steps: int) -> dict:
 def sample_cost(name: str, tiny: bool, evals: int) -> dict:
     """Seconds per network evaluation of each stage (one video, guidance on: a conditional and an unconditional
     pass per evaluation), and seconds per video for the seed's sampler and for Heun 8 steps per stage."""
-    from echodiff.diffusion.imagen import CascadeModel, ef_embedding
+    from echodiff.diffusion.imagen import CascadeModel, condition_embedding
 
     config = cascade(name, tiny)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +95,8 @@ def sample_cost(name: str, tiny: bool, evals: int) -> dict:
         for k, unet in enumerate(imagen.unets):
             size = imagen.image_sizes[k]
             x = torch.randn(1, imagen.channels, frames_per_stage[k], size, size, device=device)
-            kwargs = dict(text_embeds=ef_embedding([50.0], config["ef_embedding"]).to(device),
+            systole = [0.3] if config.get("condition_on_systole") else None  # s, ED -> ES
+            kwargs = dict(text_embeds=condition_embedding(config, [50.0], systole).to(device),
                           cond_images=torch.rand(1, 3, size, size, device=device), cond_scale=5.0)
             if k > 0:
                 kwargs.update(lowres_cond_img=x, lowres_noise_times=torch.zeros(1, device=device))

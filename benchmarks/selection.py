@@ -36,7 +36,8 @@ def main() -> None:
     torch.manual_seed(0)
     anatomy = torch.rand(args.videos, 3, size, size)
     targets = torch.linspace(20, 80, args.videos)
-    kwargs = dict(steps=args.steps, churn=0.0, cond_scale=5.0, device=device)
+    kwargs = dict(steps=args.steps, churn=0.0, cond_scale=5.0, device=device,
+                  systole=0.3 if model.config.get("condition_on_systole") else None)  # s, ED -> ES, for every video
 
     def batched() -> None:
         sample(model, anatomy.repeat_interleave(args.num_noise, 0), targets.repeat_interleave(args.num_noise),

@@ -26,7 +26,7 @@ IMAGEN_DEFAULTS = {"attn_heads": 8, "attn_dim_head": 64, "init_cross_embed": Tru
 
 def one(config_path: str, setting: str, stage: int, batch: int, steps: int) -> dict[str, float]:
     """Time ``steps`` training steps of ``stage`` (after 2 warm-up steps) in this process."""
-    from echodiff.diffusion.imagen import ef_embedding, video_channels
+    from echodiff.diffusion.imagen import condition_embedding, video_channels
     from echodiff.diffusion.training import DiffusionTrainConfig, load_cascade_config, make_trainer
 
     config = load_cascade_config(config_path)
@@ -41,7 +41,8 @@ def one(config_path: str, setting: str, stage: int, batch: int, steps: int) -> d
     size, frames = config["imagen"]["image_sizes"][-1], config["frames"]
     clip = torch.rand(batch, video_channels(config), frames, size, size)
     anatomy = torch.rand(batch, 3, size, size)
-    embeds = ef_embedding(torch.rand(batch) * 80 + 10, config.get("ef_embedding", "ef_flag"))
+    systole = torch.rand(batch) * 0.3 + 0.2 if config.get("condition_on_systole") else None  # s, ED -> ES
+    embeds = condition_embedding(config, torch.rand(batch) * 80 + 10, systole)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for i in range(steps + 2):

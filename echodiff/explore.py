@@ -62,6 +62,7 @@ class Anatomy:
     ef: float | None = None
     clip: torch.Tensor | None = None
     outline: np.ndarray | None = None
+    systole: float | None = None  # s, its video's ED -> ES interval, when the cascade is conditioned on it
 
 
 @dataclass
@@ -161,24 +162,33 @@ class Explorer:
             torch.manual_seed(seed)
             frame, ef, clip = self.data[int(matches[0])]
         outline = ed_outline(self.data.tracings[name]) if name in self.data.tracings else None
+        systole = self.cascade.systole_of(self.data, [int(matches[0])])
         return Anatomy(name=name, frame=resize(frame[None], FRAME_SIZE)[0], ef=float(ef),
-                       clip=resize(clip[None], FRAME_SIZE)[0], outline=outline)
+                       clip=resize(clip[None], FRAME_SIZE)[0], outline=outline,
+                       systole=None if systole is None else float(systole[0]))
 
     def generate(self, anatomy: Anatomy, ef: float, candidates: int = 2, steps: int | list[int] | None = None,
                  churn: float | list[float] | None = None, cond_scale: float | list[float] = 5.0, seed: int = 0,
-                 solver: str = "heun", progress: Progress | None = None) -> Generation:
+                 solver: str = "heun", progress: Progress | None = None,
+                 systole: float | None = None) -> Generation:
         """``candidates`` videos of ``anatomy`` at target ``ef`` (%); candidate ``k`` uses seed ``seed + k``, so it
-        does not change with the number of candidates. Sampler arguments as :func:`echodiff.diffusion.sample`."""
+        does not change with the number of candidates. Sampler arguments as :func:`echodiff.diffusion.sample`;
+        ``systole`` (s, for a cascade with ``condition_on_systole``) defaults to the anatomy video's own."""
         if not 0 < float(ef) <= 100:
             raise ValueError(f"the target EF must be within (0, 100] %, got {ef}")
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
+        systole = anatomy.systole if systole is None else systole
+        if systole is None and self.cascade.config.get("condition_on_systole"):
+            raise ValueError(f"{anatomy.name}: this cascade is conditioned on the ED -> ES interval, which an uploaded "
+                             "frame does not carry: pick a dataset video, or pass systole (seconds, e.g. 0.3) to "
+                             "Explorer.generate")
         start = time.perf_counter()
         frame = resize(anatomy.frame[None], self.cascade.image_size)
         videos = []
         for k in range(candidates):
             videos.append(sample(self.cascade, frame, float(ef), steps=steps, churn=churn, cond_scale=cond_scale,
-                                 seed=seed + k, solver=solver))
+                                 seed=seed + k, solver=solver, systole=systole))
             if progress is not None:
                 progress(k + 1, candidates)
         videos = torch.cat(videos)

@@ -9,14 +9,11 @@ import mlflow
 import pytest
 import torch
 from ci_rule import pytest_configure, pytest_runtest_makereport  # noqa: F401 -- the hooks, re-exported to pytest
-from helpers import tiny_config
+from helpers import PHANTOM_N, PHANTOM_SEED, tiny_config
 
 from echodiff import phantom
 from echodiff.diffusion import CascadeModel, save_model_folder
 from echodiff.models.ef_regressor import EFRegressor
-
-PHANTOM_N = 16
-PHANTOM_SEED = 3
 
 
 @pytest.fixture(scope="session")

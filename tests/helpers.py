@@ -1,5 +1,9 @@
 """Helpers shared by several test modules (fixtures live in conftest.py; the CI rule's hooks in ci_rule.py)."""
 
+#: the session phantom of conftest.py: 16 videos drawn from seed 3
+PHANTOM_N = 16
+PHANTOM_SEED = 3
+
 UNET = dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, max_text_len=1, layer_attns=False,
             layer_cross_attns=(False, True), cond_images_channels=3, attend_at_middle=False, attn_heads=2,
             attn_dim_head=8, init_cross_embed=False, use_global_context_attn=False)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import PHANTOM_N, PHANTOM_SEED
 
 from echodiff.data import (
     DatasetError,
@@ -19,6 +20,7 @@ from echodiff.data import (
     write_video,
 )
 from echodiff.data.echonet import sample_clip
+from echodiff.phantom import heart_parameters
 
 
 def _ramp_dataset(root, n_frames=10, fps=50, value_step=20):
@@ -158,6 +160,25 @@ def test_diffusion_view_can_condition_on_the_traced_end_diastolic_frame(phantom_
                                                                         index=False)
     with pytest.raises(DatasetError, match=f"VolumeTracings.csv.*{name}.*anatomy_frame: clip"):
         DiffusionClips(phantom_copy, "train", anatomy="ed")
+
+
+def test_systole_seconds_is_the_traced_ed_to_es_interval(phantom_copy):
+    """The ED -> ES interval a ``condition_on_systole`` cascade is conditioned on: on the phantom, end-systole comes
+    0.3-0.44 of a heart period after end-diastole (the renderer's ejection ends at 0.36 of the period, its plateau
+    lasts to 0.44); a video whose traced ES frame is not after its ED frame is an error naming it."""
+    data = DiffusionClips(phantom_copy, "train", frames=8, fps=8.0, anatomy="ed")
+    hearts = heart_parameters(PHANTOM_N, PHANTOM_SEED).set_index("file_name")
+    for i in range(len(data)):
+        period = 60.0 / float(hearts.heart_rate[data.filelist.FileName.iloc[i]])
+        assert 0.28 <= data.systole_seconds(i) / period <= 0.46, (i, data.systole_seconds(i), period)
+    tracings = pd.read_csv(phantom_copy / "VolumeTracings.csv")
+    name = data.filelist.FileName.iloc[0]
+    rows = tracings.FileName.str.removesuffix(".avi") == name
+    ed = data.traced_index(0, large=True)
+    tracings.loc[rows & (tracings.Frame != ed), "Frame"] = ed - 1  # the traced ES frame now before ED
+    tracings.to_csv(phantom_copy / "VolumeTracings.csv", index=False)
+    with pytest.raises(DatasetError, match=f"{name}.*not after its ED frame.*VolumeTracings.csv"):
+        DiffusionClips(phantom_copy, "train", frames=8, fps=8.0, anatomy="ed").systole_seconds(0)
 
 
 def test_short_videos_are_zero_padded_or_left_out_of_the_diffusion_view(phantom_root):

@@ -16,6 +16,7 @@ from echodiff.diffusion.training import (
     train_stage,
     window,
 )
+from echodiff.models.ef_regressor import EFRegressor
 
 
 @pytest.fixture
@@ -149,3 +150,67 @@ def test_window_frames_trains_a_stage_on_short_windows(phantom_root, cascade_fil
     trainer, history = train_stage(_cfg(cascade_file, phantom_root, stage=2, steps=2, window_frames=2),
                                    tmp_path / "w2")
     assert trainer.steps.tolist()[1] == 2 and history.train_loss.notna().all()
+
+
+def test_a_systole_conditioned_cascade_trains_and_every_stage_samples_it_with_the_videos_interval(
+        phantom_root, tmp_path, monkeypatch):
+    """``condition_on_systole`` end to end on real AVIs: both stages train on the TRAIN videos' ED -> ES intervals
+    (VAL loss included), and stage 03's scoring, stage 04's synthetic videos and stage 02's sample GIFs pass each
+    anatomy video's own interval to the sampler (a missing one would be an error, not a guess)."""
+    import pandas as pd
+
+    from echodiff import evaluation, rebalance
+    from echodiff.diffusion import imagen
+    from echodiff.diffusion import training as training_module
+
+    config = dict(tiny_config(2), fps=8.0, condition_on_systole=True)
+    path = tmp_path / "timed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train_stage(_cfg(path, phantom_root, steps=2), tmp_path / "ckpt")
+    trainer, history = train_stage(_cfg(path, phantom_root, stage=2, steps=2), tmp_path / "ckpt")
+    assert history.val_loss.notna().any()
+    model = load_model_folder(export_model(trainer, load_cascade_config(path), tmp_path / "model"))
+    assert model.imagen.unets[0].text_to_cond.in_features == imagen.condition_dim(model.config) == 2 + 9
+    seen = []
+
+    def spy(module):
+        real = module.sample
+        monkeypatch.setattr(module, "sample", lambda *a, **k: (seen.append(k["systole"]), real(*a, **k))[1])
+
+    for module in (evaluation, rebalance, training_module):
+        spy(module)
+    regressor = EFRegressor(width=4, bias=50.0).eval()
+    cfg = evaluation.ScoreConfig(data_root=str(phantom_root), mode="factual", num_noise=2, max_videos=2,
+                                 batch_videos=2, sample_steps=2, seg_steps=0, lpips=False)
+    scores = evaluation.generate_scores(model, regressor, cfg, tmp_path / "s.csv", progress=False)
+    val = imagen.cascade_clips(model.config, phantom_root, "val")
+    assert list(scores.FileName.unique()) == list(val.filelist.FileName[:2])
+    assert seen[-1].tolist() == pytest.approx([val.systole_seconds(i) for i in (0, 0, 1, 1)])
+    plan = pd.DataFrame({"ID": [0], "Bin": [20.0], "TargetEF": [22.0]})
+    rebalance.generate_dataset(model, regressor, plan, tmp_path / "synthetic",
+                               rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=2, sample_steps=2,
+                                                        size=32, seed=7), progress=False)
+    train = imagen.cascade_clips(model.config, phantom_root, "train")
+    source = pd.read_csv(tmp_path / "synthetic" / "FileList.csv").CondImageFileName[0]
+    index = int((train.filelist.FileName == source).to_numpy().argmax())
+    assert seen[-1].tolist() == pytest.approx([train.systole_seconds(index)] * 2)
+    training_module.sample_gifs(tmp_path / "model", {"data_root": str(phantom_root), "n_samples": 1,
+                                                     "sample_steps": 2}, tmp_path / "gifs")
+    assert seen[-1].tolist() == pytest.approx([val.systole_seconds(0)])
+
+
+def test_a_video_without_an_ed_to_es_interval_stops_systole_training_before_its_first_step(phantom_copy, tmp_path):
+    import pandas as pd
+
+    from echodiff.data import DatasetError
+
+    path = tmp_path / "timed.yaml"
+    path.write_text(yaml.safe_dump(dict(tiny_config(1), fps=8.0, condition_on_systole=True)))
+    tracings = pd.read_csv(phantom_copy / "VolumeTracings.csv")
+    filelist = pd.read_csv(phantom_copy / "FileList.csv")
+    name = filelist[filelist.Split == "TRAIN"].FileName.iloc[0]
+    tracings[tracings.FileName.str.removesuffix(".avi") != name].to_csv(phantom_copy / "VolumeTracings.csv",
+                                                                        index=False)
+    with pytest.raises(DatasetError, match=rf"1 of \d+ videos of split TRAIN have no ED -> ES interval.*{name}"):
+        train_stage(_cfg(path, phantom_copy, steps=2), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "trainer.pt").exists()

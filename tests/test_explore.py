@@ -90,6 +90,27 @@ def test_generate_candidates_reproducible_per_seed_with_their_regressed_ef(explo
         explorer.generate(anatomy, 120.0)
 
 
+def test_a_systole_conditioned_cascade_gets_the_anatomy_videos_interval(explorer):
+    """``condition_on_systole``: a dataset anatomy carries its video's ED -> ES interval into generation; an uploaded
+    frame has none, and generating from it asks for one instead of making one up."""
+    from echodiff.diffusion.imagen import cascade_config
+
+    cascade = CascadeModel(cascade_config(dict(tiny_config(1), condition_on_systole=True))).eval()
+    timed = explore.Explorer(cascade, explorer.regressor, explorer.data)
+    name = explorer.choices()[0][1]
+    anatomy = timed.dataset_anatomy(name)
+    index = int(np.flatnonzero(explorer.data.filelist.FileName.astype(str).to_numpy() == name)[0])
+    assert anatomy.systole == pytest.approx(explorer.data.systole_seconds(index)) and 0.1 < anatomy.systole < 0.7
+    assert explorer.dataset_anatomy(name).systole is None  # a cascade without the condition: not asked for
+    g = timed.generate(anatomy, 60.0, candidates=1, steps=2, seed=4)
+    direct = sample(cascade, resize(anatomy.frame[None], 16), 60.0, steps=2, seed=4, systole=anatomy.systole)
+    assert torch.equal(g.videos, direct)
+    uploaded = explore.Anatomy(name="frame.png", frame=anatomy.frame)
+    with pytest.raises(ValueError, match="frame.png: this cascade is conditioned on the ED -> ES interval"):
+        timed.generate(uploaded, 60.0, steps=2)
+    assert timed.generate(uploaded, 60.0, candidates=1, steps=2, systole=0.3).videos.shape == (1, 3, 4, 16, 16)
+
+
 def test_sweep_keeps_anatomy_and_seeds_across_efs(explorer):
     anatomy = explorer.dataset_anatomy(explorer.choices()[1][1])
     calls = []

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import PHANTOM_N, PHANTOM_SEED
 
 from echodiff import phantom
 from echodiff.data import disc_volume, read_tracings, read_video
-from tests.conftest import PHANTOM_N, PHANTOM_SEED
 
 
 def test_files_and_headers_are_echonet_format(phantom_root):

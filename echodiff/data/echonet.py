@@ -391,6 +391,23 @@ class EchoNetDynamic(torch.utils.data.Dataset):
         frames = list(self.tracings[self.filelist.FileName.iloc[index]])
         return frames[-1] if large else frames[0]
 
+    def systole_seconds(self, index: int) -> float:
+        """Item ``index``'s ED -> ES interval in seconds: (traced ES frame - traced ED frame) / FPS.
+
+        Raises :class:`DatasetError`, naming the video and ``VolumeTracings.csv``, when it has fewer than two traced
+        frames or its traced ES frame is not after its ED frame (then the interval to the next end-systole is
+        unknown)."""
+        name = self.filelist.FileName.iloc[index]
+        if len(self.tracings.get(name, {})) < 2:
+            raise DatasetError(f"{name}: the ED -> ES interval needs its two traced frames in "
+                               f"{self.root / 'VolumeTracings.csv'}; it has {len(self.tracings.get(name, {}))}")
+        ed, es = self.traced_index(index, large=True), self.traced_index(index, large=False)
+        if es <= ed:
+            raise DatasetError(f"{name}: its traced ES frame ({es}) is not after its ED frame ({ed}) in "
+                               f"{self.root / 'VolumeTracings.csv'}, so the ED -> ES interval is unknown; leave the "
+                               "video out, or use a cascade without condition_on_systole")
+        return (es - ed) / self._listed(index, "FPS", "fps")
+
     def normalised_frame(self, raw: np.ndarray, frame: int) -> torch.Tensor:
         """Frame ``frame`` of a decoded video ``raw`` (uint8 ``(3, F, H, W)``), normalised as the clips are:
         float32 ``(3, H, W)``."""

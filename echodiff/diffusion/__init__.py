@@ -7,6 +7,7 @@ from echodiff.diffusion.imagen import (
     EF_EMBEDDINGS,
     CascadeModel,
     build_imagen,
+    condition_embedding,
     ef_embedding,
     import_imagen,
     load_model_folder,
@@ -17,6 +18,6 @@ from echodiff.diffusion.sampling import SOLVERS, sample, write_avis
 import_imagen()
 
 __all__ = [
-    "EF_EMBEDDINGS", "SOLVERS", "CascadeModel", "build_imagen", "ef_embedding", "import_imagen",
+    "EF_EMBEDDINGS", "SOLVERS", "CascadeModel", "build_imagen", "condition_embedding", "ef_embedding", "import_imagen",
     "load_model_folder", "sample", "save_model_folder", "write_avis",
 ]

@@ -10,6 +10,7 @@ Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
     lowres_noise_max: 0.2        # optional: train super-resolution stages with low-res noise levels in [0, 0.2]
     anatomy_frame: ed            # optional: condition on the traced end-diastolic frame, not a random clip frame
     clip_start: ed               # optional: every clip begins at the traced end-diastolic frame, not a random one
+    condition_on_systole: true   # optional: the condition token also carries the anatomy video's ED -> ES interval
 
 Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 """
@@ -43,6 +44,11 @@ _FOURIER_FREQS = torch.arange(1, 9, dtype=torch.float32)
 _FOURIER_WINDOW = (20.0, 75.0)
 #: knots (EF %) of the ``ef_ramps`` embedding: inside the range where EchoNet-Dynamic and the phantom have hearts
 _RAMP_KNOTS = torch.arange(20.0, 71.0, 10.0)
+#: ``condition_on_systole``'s features of the ED -> ES interval s (seconds): [s / 0.5, sin and cos of pi k (s' - 0.15)
+#: / 0.5 for k = 1..4], s' = s clamped to 0.15-0.65 s (the phantom's hearts at 50-120 bpm: 0.18-0.53 s)
+SYSTOLE_DIM = 9
+_SYSTOLE_WINDOW = (0.15, 0.65)
+_SYSTOLE_FREQS = torch.arange(1, 5, dtype=torch.float32)
 #: t5-v1_1-base's d_model, the only thing imagen-pytorch's default arguments ask of the T5 config.
 _T5_BASE_D_MODEL = 768
 
@@ -110,9 +116,51 @@ def ef_embedding(ef: torch.Tensor | float | list[float], kind: str = "ef_flag") 
     raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
 
 
+def systole_features(systole: torch.Tensor | float | list[float]) -> torch.Tensor:
+    """ED -> ES interval (s) ``(B,)`` -> ``(B, SYSTOLE_DIM)`` features (:data:`SYSTOLE_DIM`); an error outside
+    0-2 s (a frame index or milliseconds passed by mistake)."""
+    s = torch.as_tensor(systole, dtype=torch.float32).reshape(-1)
+    if torch.isnan(s).any() or (s <= 0).any() or (s > 2).any():
+        raise ValueError(f"the ED -> ES interval must be within (0, 2] seconds, got {s.tolist()}")
+    angle = torch.pi * ((s.clamp(*_SYSTOLE_WINDOW) - _SYSTOLE_WINDOW[0]) / 0.5)[:, None] * _SYSTOLE_FREQS
+    return torch.cat([(s / 0.5)[:, None], angle.sin(), angle.cos()], -1)
+
+
+def condition_embedding(config: dict[str, Any], ef: torch.Tensor | float | list[float],
+                        systole: torch.Tensor | float | list[float] | None = None) -> torch.Tensor:
+    """The cascade ``config``'s one-token condition ``(B, 1, D)``: :func:`ef_embedding` of ``ef`` (%), followed, for
+    a cascade with ``condition_on_systole``, by :func:`systole_features` of ``systole`` (the anatomy video's ED ->
+    ES interval, s: :meth:`~echodiff.data.DiffusionClips.systole_seconds`). ``systole`` is required by such a
+    cascade and refused by any other, so it is never silently dropped or made up."""
+    tokens = ef_embedding(ef, config.get("ef_embedding", "ef_flag"))
+    if not config.get("condition_on_systole"):
+        if systole is not None:
+            raise ValueError("this cascade is not conditioned on the ED -> ES interval (no condition_on_systole): "
+                             "pass systole=None")
+        return tokens
+    if systole is None:
+        raise ValueError("this cascade is conditioned on the ED -> ES interval (condition_on_systole): pass systole "
+                         "(seconds, one value or one per video; a dataset video's is DiffusionClips.systole_seconds)")
+    features = systole_features(systole)
+    if len(features) == 1:
+        features = features.expand(len(tokens), -1)
+    if len(features) != len(tokens):
+        raise ValueError(f"systole must be one value or one per EF ({len(tokens)}), got {len(features)}")
+    return torch.cat([tokens, features[:, None]], -1)
+
+
+def condition_dim(config: dict[str, Any]) -> int:
+    """Width of :func:`condition_embedding`'s token: the EF embedding's, plus :data:`SYSTOLE_DIM` with
+    ``condition_on_systole``."""
+    kind = config.get("ef_embedding", "ef_flag")
+    if kind not in EF_EMBEDDINGS:
+        raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
+    return EF_EMBEDDINGS[kind] + (SYSTOLE_DIM if config.get("condition_on_systole") else 0)
+
+
 #: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
-                "lowres_noise_max", "anatomy_frame", "clip_start")
+                "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -160,6 +208,9 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
     if config.get("clip_start", "random") not in CLIP_STARTS:
         raise ValueError(f"{source}: clip_start must be one of {list(CLIP_STARTS)} (absent: random, a random window "
                          f"of the video, as EchoDiffusion), got {config['clip_start']!r}")
+    if not isinstance(config.get("condition_on_systole", False), bool):
+        raise ValueError(f"{source}: condition_on_systole must be true or false (absent: false), got "
+                         f"{config['condition_on_systole']!r}")
     return config
 
 
@@ -193,15 +244,14 @@ def build_imagen(config: dict[str, Any], seed: int | None = None) -> torch.nn.Mo
     stage's architecture leaves every other stage's initial weights as they were (one global stream would re-draw
     them: docs/generator-experiments.md, E23); the caller's RNG is left as it was. None: from the global RNG."""
     imagen_pytorch = import_imagen()
-    kind = config.get("ef_embedding", "ef_flag")
-    if kind not in EF_EMBEDDINGS:
-        raise ValueError(f"unknown ef_embedding {kind!r}; choose from {sorted(EF_EMBEDDINGS)}")
-    embed_dim = EF_EMBEDDINGS[kind]
+    embed_dim = condition_dim(config)
     hparams = dict(config.get("imagen", {}))
     hparams.pop("elucidated", None)
     if hparams.get("text_embed_dim", embed_dim) != embed_dim:
-        raise ValueError(f"imagen.text_embed_dim={hparams['text_embed_dim']} does not match ef_embedding "
-                         f"{kind!r} (dimension {embed_dim})")
+        raise ValueError(f"imagen.text_embed_dim={hparams['text_embed_dim']} does not match the condition "
+                         f"(ef_embedding {config.get('ef_embedding', 'ef_flag')!r}"
+                         f"{' + condition_on_systole' if config.get('condition_on_systole') else ''}: "
+                         f"dimension {embed_dim})")
     hparams["text_embed_dim"] = embed_dim
     hparams.setdefault("condition_on_text", True)
     stages = _stage_list(config)
@@ -299,6 +349,15 @@ class CascadeModel(torch.nn.Module):
     @property
     def ef_kind(self) -> str:
         return self.config.get("ef_embedding", "ef_flag")
+
+    def systole_of(self, data: DiffusionClips, indices: list[int], repeats: int = 1) -> torch.Tensor | None:
+        """The ED -> ES intervals (s) of videos ``indices`` of ``data``, each repeated ``repeats`` times (shape
+        ``(len(indices) x repeats,)``), when this cascade is conditioned on them (``condition_on_systole``), else None:
+        what :func:`~echodiff.diffusion.sample`'s ``systole`` takes for videos made from those anatomy frames."""
+        if not self.config.get("condition_on_systole"):
+            return None
+        seconds = torch.tensor([data.systole_seconds(int(i)) for i in indices], dtype=torch.float32)
+        return seconds.repeat_interleave(repeats)
 
     def restore_unets(self) -> CascadeModel:
         """Put the U-Nets back under ``imagen`` on one device. A direct ``imagen(video, unet_number=n)`` call

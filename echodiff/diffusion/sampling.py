@@ -14,7 +14,7 @@ import torch
 
 from echodiff.data.transforms import resize
 from echodiff.data.video import to_uint8, write_video
-from echodiff.diffusion.imagen import CascadeModel, ef_embedding, output_video
+from echodiff.diffusion.imagen import CascadeModel, condition_embedding, output_video
 
 SOLVERS = ("heun", "dpmpp_2m")  # see sample(): imagen-pytorch's EDM sampler, or DPM-Solver++(2M)
 
@@ -128,12 +128,15 @@ def sample(
     last_stage: int | None = None,
     solver: str = "heun",
     sigma_max: float | list[float] | None = None,
+    systole: torch.Tensor | float | list[float] | None = None,
 ) -> torch.Tensor:
     """Generate videos ``(B, 3, T, H, W)`` in [0, 1] conditioned on anatomy frames and target EFs.
 
     Args:
         anatomy: ``(B, 3, H, W)`` (or ``(3, H, W)``) in [0, 1], at the last stage's size.
         ef: target EF in % -- a scalar for every video or ``(B,)``.
+        systole: the ED -> ES interval in seconds, a scalar or ``(B,)``; required by a cascade trained with
+            ``condition_on_systole`` (the anatomy video's: :meth:`CascadeModel.systole_of`), refused by any other.
         frames: output frames ``T`` (default: the config's ``frames``).
         steps: sampler steps, one value or one per stage (default: the config's ``num_sample_steps``).
         churn: EDM's S_churn, one value or one per stage (default: the config's); 0 makes the sampler the
@@ -165,7 +168,7 @@ def sample(
         ef = ef.expand(anatomy.shape[0])
     if ef.numel() != anatomy.shape[0]:
         raise ValueError(f"ef must be one value or one per anatomy frame ({anatomy.shape[0]}), got {ef.numel()}")
-    embeds = ef_embedding(ef, model.ef_kind)
+    embeds = condition_embedding(model.config, ef, systole)
     frames = frames or model.config.get("frames")
     if not frames:
         raise ValueError("frames is required (the model config has no `frames`)")

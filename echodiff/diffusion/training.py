@@ -25,14 +25,14 @@ from tqdm.auto import tqdm
 
 from echodiff import phantom, plots, preempt, tracking
 from echodiff.config import changed_settings, load_params, print_settings, resolve_path, settings, stage_cli
-from echodiff.data import DiffusionClips
+from echodiff.data import DatasetError, DiffusionClips
 from echodiff.data.transforms import resize
 from echodiff.device import compute_device
 from echodiff.diffusion.imagen import (
     CascadeModel,
     cascade_clips,
     cascade_config,
-    ef_embedding,
+    condition_embedding,
     import_imagen,
     load_model_folder,
     save_model_folder,
@@ -108,6 +108,39 @@ def resumable_changes(cfg: DiffusionTrainConfig) -> tuple[str, ...]:
     return tuple(k for k in RESUMABLE_CHANGES if not (k == "steps" and cfg.lr_schedule == "cosine"))
 
 
+class _Conditioned(torch.utils.data.Dataset):
+    """Items ``(anatomy, ef, systole, clip)`` of a :class:`DiffusionClips`: its own, with the video's ED -> ES interval
+    (s) when the cascade ``config`` is conditioned on it (``condition_on_systole``), else NaN (never read). Every
+    interval is read up front, so a video without one stops the run before its first step, with every such video
+    named."""
+
+    def __init__(self, data: DiffusionClips, config: dict[str, Any]):
+        self.data = data
+        self.seconds = [math.nan] * len(data)
+        if config.get("condition_on_systole"):
+            errors = []
+            for i in range(len(data)):
+                try:
+                    self.seconds[i] = data.systole_seconds(i)
+                except DatasetError as exc:
+                    errors.append(str(exc))
+            if errors:
+                raise DatasetError(f"{len(errors)} of {len(data)} videos of split {data.split} have no ED -> ES "
+                                   f"interval for condition_on_systole: " + "; ".join(errors[:3]))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+        anatomy, ef, clip = self.data[index]
+        return anatomy, ef, self.seconds[index], clip
+
+
+def _condition(config: dict[str, Any], ef: torch.Tensor, systole: torch.Tensor) -> torch.Tensor:
+    """A training batch's condition tokens (:func:`condition_embedding`) from :class:`_Conditioned` items."""
+    return condition_embedding(config, ef, systole if config.get("condition_on_systole") else None)
+
+
 class _EpochOrder(torch.utils.data.Sampler):
     """Indices of epoch ``epoch`` in a (seed, epoch)-determined order, starting after ``skip`` of them.
 
@@ -168,7 +201,6 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     config = load_cascade_config(cfg.model_config)
     seed_everything(cfg.seed)  # the run's noise and data draws; the initial weights: make_trainer, per stage
     trainer = make_trainer(config, cfg)
-    kind = config.get("ef_embedding", "ef_flag")
     size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
     path = checkpoint_dir / "trainer.pt"
     # Resume from the last whole checkpoint, refusing one made with another cascade or other settings.
@@ -208,6 +240,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     if data.dropped_short:
         trainer.print(f"diffusion: {len(data.dropped_short)} of {len(data) + len(data.dropped_short)} TRAIN videos "
                       f"are too short for one clip from its start and left out (short_videos: drop)")
+    items, val_items = _Conditioned(data, config), _Conditioned(val, config)  # + ED -> ES intervals, when used
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
@@ -224,15 +257,15 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     while step < cfg.steps and (stop_after_steps is None or ran < stop_after_steps):
         epoch, offset = divmod(step, per_epoch)
         loader = torch.utils.data.DataLoader(
-            data, batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.num_workers,
+            items, batch_size=cfg.batch_size, drop_last=True, num_workers=cfg.num_workers,
             sampler=_EpochOrder(len(data), cfg.seed, epoch, offset * cfg.batch_size * processes, cfg.batch_size,
                                 rank, processes),
             generator=torch.Generator().manual_seed(cfg.seed + epoch))  # not the global RNG: resume stays exact
-        for anatomy, ef, clip in loader:
+        for anatomy, ef, systole, clip in loader:
             clip = window(clip, cfg.window_frames)
             for group in getattr(trainer, f"optim{cfg.stage - 1}").param_groups:
                 group["lr"] = scheduled_lr(cfg, step)
-            loss = trainer(training_target(clip, anatomy, config), text_embeds=ef_embedding(ef, kind),
+            loss = trainer(training_target(clip, anatomy, config), text_embeds=_condition(config, ef, systole),
                            cond_images=resize(anatomy, size), unet_number=cfg.stage,
                            max_batch_size=cfg.max_batch_size, ignore_time=bool(every) and step % every == every - 1)
             trainer.update(unet_number=cfg.stage)
@@ -240,7 +273,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
             ran += 1
             row = {"step": step, "train_loss": float(loss), "lr": trainer.get_lr(cfg.stage)}
             if step % cfg.val_every == 0 or step == cfg.steps:
-                row["val_loss"] = validation_loss(trainer, val, cfg, config)
+                row["val_loss"] = validation_loss(trainer, val_items, cfg, config)
             history.append(row)
             pending.append(row)
             bar.update(1)
@@ -289,21 +322,20 @@ def window(clip: torch.Tensor, frames: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(trainer: Any, val: DiffusionClips, cfg: DiffusionTrainConfig, config: dict[str, Any]) -> float:
+def validation_loss(trainer: Any, val: _Conditioned, cfg: DiffusionTrainConfig, config: dict[str, Any]) -> float:
     """Mean denoising loss of the EMA stage on the first ``val_batches`` VAL batches, with fixed clips and noise."""
     losses = []
     with torch.random.fork_rng(), trainer.use_ema_unets():
         torch.manual_seed(12345)
         loader = torch.utils.data.DataLoader(val, batch_size=cfg.batch_size)
-        for i, (anatomy, ef, clip) in enumerate(loader):
+        for i, (anatomy, ef, systole, clip) in enumerate(loader):
             if i >= cfg.val_batches:
                 break
             trainer.imagen.eval()
             clip = training_target(window(clip, cfg.window_frames), anatomy, config)
-            losses.append(float(trainer.imagen(clip.to(trainer.device), text_embeds=ef_embedding(
-                ef, config.get("ef_embedding", "ef_flag")).to(
-                trainer.device), cond_images=resize(anatomy, trainer.imagen.image_sizes[-1]).to(trainer.device),
-                unet_number=cfg.stage)))
+            losses.append(float(trainer.imagen(
+                clip.to(trainer.device), text_embeds=_condition(config, ef, systole).to(trainer.device),
+                cond_images=resize(anatomy, trainer.imagen.image_sizes[-1]).to(trainer.device), unet_number=cfg.stage)))
     trainer.imagen.train()
     return float(np.mean(losses))
 
@@ -385,8 +417,10 @@ def sample_gifs(model_dir: Path, params: dict[str, Any], out: Path) -> list[Path
         torch.manual_seed(i)
         anatomy, ef, clip = val[i]
         small = resize(anatomy[None], cascade.image_size).expand(len(efs), -1, -1, -1)
+        systole = cascade.systole_of(val, [i])
         videos = sample(cascade, small, efs, steps=params.get("sample_steps"), churn=params.get("sample_churn"),
-                        cond_scale=params.get("cond_scale", 5.0), seed=i, sigma_max=params.get("sample_sigma_max"))
+                        cond_scale=params.get("cond_scale", 5.0), seed=i, sigma_max=params.get("sample_sigma_max"),
+                        systole=systole)
         row = [anatomy[:, None].numpy(), clip.numpy(), *videos.numpy()]
         gifs.append(plots.video_row_gif(row, out / f"sample_{i}.gif", fps=config["fps"]))
         print(f"sample_{i}.gif: anatomy | real (EF {float(ef):.0f}%) | " + " | ".join(f"EF {e:.0f}%" for e in efs))
