@@ -198,7 +198,7 @@ class Explorer:
         if anatomy.clip is not None:
             real = beat_curve(resize(anatomy.clip[None], self.cascade.image_size), anatomy.outline)[0][0]
         settings = {"solver": solver, "steps": steps, "churn": churn, "cond_scale": cond_scale, "seed": seed,
-                    "candidates": candidates}
+                    "candidates": candidates, **({"systole": systole} if systole is not None else {})}
         return Generation(anatomy, float(ef), videos, regressed, curves, real, name, settings,
                           time.perf_counter() - start)
 

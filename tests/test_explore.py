@@ -104,7 +104,7 @@ def test_a_systole_conditioned_cascade_gets_the_anatomy_videos_interval(explorer
     assert explorer.dataset_anatomy(name).systole is None  # a cascade without the condition: not asked for
     g = timed.generate(anatomy, 60.0, candidates=1, steps=2, seed=4)
     direct = sample(cascade, resize(anatomy.frame[None], 16), 60.0, steps=2, seed=4, systole=anatomy.systole)
-    assert torch.equal(g.videos, direct)
+    assert torch.equal(g.videos, direct) and g.settings["systole"] == anatomy.systole  # kept with the videos
     uploaded = explore.Anatomy(name="frame.png", frame=anatomy.frame)
     with pytest.raises(ValueError, match="frame.png: this cascade is conditioned on the ED -> ES interval"):
         timed.generate(uploaded, 60.0, steps=2)
