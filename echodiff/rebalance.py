@@ -129,14 +129,14 @@ def generate_config(params: dict[str, Any]) -> GenerateConfig:
     return settings(GenerateConfig, params, "rebalance parameters")
 
 
-def _anatomy(data: DiffusionClips, target_id: int, seed: int) -> tuple[torch.Tensor, str, int]:
-    """A random frame of a random 2-s window of a random TRAIN video, fixed by (seed, ID); its name and index."""
+def _anatomy(data: DiffusionClips, target_id: int, seed: int) -> tuple[torch.Tensor, int]:
+    """A random frame of a random 2-s window of a random TRAIN video, fixed by (seed, ID), and the video's index."""
     rng = np.random.default_rng([seed, target_id])
     index = int(rng.integers(len(data)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(rng.integers(2**31)))
         anatomy, _, _ = data[index]
-    return anatomy, str(data.filelist.FileName.iloc[index]), index
+    return anatomy, index
 
 
 def read_synthetic(out_root: str | os.PathLike) -> pd.DataFrame:
@@ -188,17 +188,18 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
     for batch in tqdm(batches, desc="synthetic dataset", disable=not progress or not batches):
         ids = batch.ID.astype(int).tolist()
         items = [_anatomy(data, i, cfg.seed) for i in ids]
-        anatomy = torch.stack([a for a, *_ in items]).repeat_interleave(cfg.num_noise, 0)
+        sources = [index for _, index in items]
+        anatomy = torch.stack([a for a, _ in items]).repeat_interleave(cfg.num_noise, 0)
         targets = torch.tensor(batch.TargetEF.to_numpy(float), dtype=torch.float32).repeat_interleave(cfg.num_noise)
         noise_seed = int(np.random.default_rng([cfg.seed, ids[0], 1]).integers(2**31))
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
                         churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=noise_seed, device=device,
                         solver=cfg.solver, sigma_max=cfg.sample_sigma_max,
-                        systole=model.systole_of(data, [i for *_, i in items], cfg.num_noise))
+                        systole=model.systole_of(data, sources, cfg.num_noise))
         estimated = regress_ef(regressor, videos, fps).reshape(len(ids), cfg.num_noise)
         pick = (estimated - targets.reshape(len(ids), cfg.num_noise)).abs().argmin(1)
         rows = []
-        for k, (target_id, (_, source, _)) in enumerate(zip(ids, items, strict=True)):
+        for k, (target_id, source) in enumerate(zip(ids, sources, strict=True)):
             video = videos[k * cfg.num_noise + int(pick[k])]
             video = resize(video[None], cfg.size)[0] if video.shape[-1] != cfg.size else video
             name = f"{target_id:06d}"
@@ -206,8 +207,8 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
             target = float(batch.TargetEF.iloc[k])
             rows.append({"FileName": name, "EF": target, "ESV": np.nan, "EDV": np.nan, "FrameHeight": cfg.size,
                          "FrameWidth": cfg.size, "FPS": fps, "NumberOfFrames": frames, "Split": "TRAIN",
-                         "CondImageFileName": source, "ID": target_id, "TargetEF": target,
-                         "EstimatedEF": float(estimated[k, int(pick[k])]), **settings})
+                         "CondImageFileName": str(data.filelist.FileName.iloc[source]), "ID": target_id,
+                         "TargetEF": target, "EstimatedEF": float(estimated[k, int(pick[k])]), **settings})
         done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True) if len(done) else pd.DataFrame(rows)
         atomic_write_csv(done.sort_values("ID"), out_root / "FileList.csv", index=False)
         preempt.check(f"{out_root / 'FileList.csv'} ({len(done)} videos; the next run keeps them)")
