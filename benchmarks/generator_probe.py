@@ -93,7 +93,8 @@ def main() -> None:
 
     n = args.videos
     big = resize(torch.stack(anatomy[:n]), model.image_size)
-    kwargs = dict(steps=8, churn=0.0, cond_scale=5.0, seed=0, last_stage=1, systole=model.systole_of(val, range(n)))
+    kwargs = dict(steps=8, churn=0.0, cond_scale=5.0, seed=0, last_stage=1, systole=model.systole_of(val, range(n),
+                                                                                         counterfactual=True))
     low = sample(model, big, [15.0] * n, **kwargs)
     high = sample(model, big, [85.0] * n, **kwargs)
     own = sample(model, big, efs[:n].tolist(), **kwargs)

@@ -118,7 +118,7 @@ def main() -> None:
     # Every anatomy at every target, the same noise for every arm.
     anatomy = resize(torch.stack([a for a, _, _ in items]), model.image_size).repeat_interleave(len(TARGETS), 0)
     target = np.tile(TARGETS, n)
-    systole = model.systole_of(val, list(range(n)), len(TARGETS))
+    systole = model.systole_of(val, list(range(n)), len(TARGETS), counterfactual=True)
     with torch.no_grad():
         videos = sample(model, anatomy, target.tolist(), steps=8, churn=0.0, cond_scale=2.5, seed=0, last_stage=1,
                         systole=systole)

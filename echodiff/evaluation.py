@@ -323,7 +323,8 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         seed = derived_seed(cfg.seed, MODES.index(cfg.mode), batch[0])
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
                         churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=seed, device=device, solver=cfg.solver,
-                        sigma_max=cfg.sample_sigma_max, systole=model.systole_of(data, batch, cfg.num_noise))
+                        sigma_max=cfg.sample_sigma_max, systole=model.systole_of(data, batch, cfg.num_noise,
+                                                             counterfactual=cfg.mode == "counterfactual"))
         area_ef, ref_area_ef = _area_efs(judge, data, names, videos, real, model.image_size, cfg.num_noise)
         no_judge = np.full(len(videos), np.nan)
         seg_ef = segmenter.ef(videos) if segmenter is not None else no_judge

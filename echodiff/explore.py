@@ -173,12 +173,15 @@ class Explorer:
                  systole: float | None = None) -> Generation:
         """``candidates`` videos of ``anatomy`` at target ``ef`` (%); candidate ``k`` uses seed ``seed + k``, so it
         does not change with the number of candidates. Sampler arguments as :func:`echodiff.diffusion.sample`;
-        ``systole`` (s, for a cascade with ``condition_on_systole``) defaults to the anatomy video's own."""
+        ``systole`` (s, for a cascade with ``condition_on_systole``) defaults to the cascade's
+        ``counterfactual_systole`` where it sets one (the video is made at a chosen EF), else the anatomy video's own."""
         if not 0 < float(ef) <= 100:
             raise ValueError(f"the target EF must be within (0, 100] %, got {ef}")
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
-        systole = anatomy.systole if systole is None else systole
+        if systole is None:
+            asked = self.cascade.config.get("counterfactual_systole")
+            systole = anatomy.systole if asked is None else float(asked)
         if systole is None and self.cascade.config.get("condition_on_systole"):
             raise ValueError(f"{anatomy.name}: this cascade is conditioned on the ED -> ES interval, which an uploaded "
                              "frame does not carry: pick a dataset video, or pass systole (seconds, e.g. 0.3) to "

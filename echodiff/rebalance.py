@@ -195,7 +195,7 @@ def generate_dataset(model: Any, regressor: Any, plan: pd.DataFrame, out_root: s
         videos = sample(model, resize(anatomy, model.image_size), targets, steps=cfg.sample_steps,
                         churn=cfg.sample_churn, cond_scale=cfg.cond_scale, seed=noise_seed, device=device,
                         solver=cfg.solver, sigma_max=cfg.sample_sigma_max,
-                        systole=model.systole_of(data, sources, cfg.num_noise))
+                        systole=model.systole_of(data, sources, cfg.num_noise, counterfactual=True))
         estimated = regress_ef(regressor, videos, fps).reshape(len(ids), cfg.num_noise)
         pick = (estimated - targets.reshape(len(ids), cfg.num_noise)).abs().argmin(1)
         rows = []

@@ -335,6 +335,17 @@ def _toy_response(kind: str, train_ef: Callable[[], torch.Tensor], brightness: C
                   probe: tuple[float, ...], seed: int = 0, steps: int = 150) -> dict[float, float]:
     """Train a one-stage toy cascade (EF embedding ``kind``) on flat videos of ``brightness(EF)``, a batch of 16
     EFs drawn by ``train_ef`` per step; return the mean brightness it samples at each EF of ``probe``."""
+    return _toy_brightness(_toy_model(kind, train_ef, brightness, seed, steps), probe)
+
+
+def _toy_brightness(model: CascadeModel, probe: tuple[float, ...], anatomy: torch.Tensor | None = None,
+                    ) -> dict[float, float]:
+    anatomy = torch.rand(4, 3, 8, 8) if anatomy is None else anatomy
+    return {ef: float(sample(model, anatomy, ef, cond_scale=1.0, steps=8, churn=0.0, seed=0).mean()) for ef in probe}
+
+
+def _toy_model(kind: str, train_ef: Callable[[], torch.Tensor], brightness: Callable[[torch.Tensor], torch.Tensor],
+               seed: int = 0, steps: int = 150) -> CascadeModel:
     torch.manual_seed(seed)
     config = tiny_config(ef_kind=kind)
     config["imagen"]["image_sizes"], config["frames"] = [8], 2
@@ -349,9 +360,7 @@ def _toy_response(kind: str, train_ef: Callable[[], torch.Tensor], brightness: C
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval()
-    anatomy = torch.rand(4, 3, 8, 8)
-    return {ef: float(sample(model, anatomy, ef, cond_scale=1.0, steps=8, churn=0.0, seed=0).mean()) for ef in probe}
+    return model.eval()
 
 
 def _toy_bump_response(kind: str, seed: int = 0, steps: int = 150) -> dict[float, float]:
@@ -403,6 +412,48 @@ def test_fourier_ef_embedding_folds_back_beyond_the_trained_ef_range_and_ramps_d
     # window starts at 20 %, below this toy's 25 %, so 15 % is answered from features the toy never trained on.
     clamped = _toy_ramp_response("ef_fourier_clamped")
     assert clamped[85.0] > clamped[75.0] - 0.03 and clamped[75.0] - clamped[25.0] > 0.3, clamped
+
+
+def test_ef_extrapolation_carries_the_response_on_beyond_the_trained_range():
+    """Guards ``ef_extrapolation`` (docs/generator-experiments.md, E53): a cascade trained where hearts are (the toy:
+    EF 25-75 % only, brightness rising with EF; the phantom: 3 of 298 TRAIN hearts above 75 %) answers a higher
+    target as it answers the top of that range, so the generated top falls short. Stage 1's prediction continued
+    linearly from its predictions at 65 % and 50 % (``{above: 65, span: 15}``) answers 85 % brighter, beyond what
+    it answers at 75 %, and leaves every target at or below 65 % as it was."""
+    ramp = _toy_model("ef_fourier_clamped", lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50)
+    probe, anatomy = (25.0, 60.0, 75.0, 85.0), torch.rand(4, 3, 8, 8)
+    plain = _toy_brightness(ramp, probe, anatomy)
+    ramp.config["ef_extrapolation"] = {"above": 65.0, "span": 15.0}
+    extrapolated = _toy_brightness(ramp, probe, anatomy)
+    assert extrapolated[25.0] == plain[25.0] and extrapolated[60.0] == plain[60.0]
+    # measured at 75 / 85 %, plain -> extrapolated: seed 0 0.566 / 0.568 -> 0.640 / 0.676; seed 1 0.758 / 0.757 ->
+    # 0.760 / 0.785; seed 2 0.745 / 0.745 -> 0.746 / 0.771 (the ramp: 0.80 / 0.92)
+    assert plain[85.0] < plain[75.0] + 0.03, plain
+    assert extrapolated[85.0] > max(plain[85.0] + 0.015, extrapolated[75.0]), (plain, extrapolated)
+
+
+def test_sampling_rules_of_a_cascade_are_checked(phantom_root):
+    """``ef_extrapolation`` and ``counterfactual_systole`` are checked where the config is read, and the asked-for
+    interval replaces the anatomy video's own only for counterfactual videos."""
+    from echodiff.diffusion.imagen import cascade_clips
+
+    for bad in ({"above": 65}, {"above": 10, "span": 15}, {"above": 65, "span": 15, "below": 20}, [65, 15],
+                {"above": 100, "span": 15}):
+        with pytest.raises(ValueError, match="ef_extrapolation must be"):
+            cascade_config(dict(tiny_config(), ef_extrapolation=bad))
+    with pytest.raises(ValueError, match="needs condition_on_systole"):
+        cascade_config(dict(tiny_config(), counterfactual_systole=0.4))
+    with pytest.raises(ValueError, match=r"in \(0, 2\] s"):
+        cascade_config(dict(tiny_config(), condition_on_systole=True, counterfactual_systole=12))
+    config = cascade_config(dict(tiny_config(ef_kind="ef_fourier"), condition_on_systole=True,
+                                 counterfactual_systole=0.4))
+    model = CascadeModel(config)
+    val = cascade_clips(config, phantom_root, "val")
+    own = model.systole_of(val, [0, 1], repeats=2)
+    assert torch.equal(own, torch.tensor([val.systole_seconds(0)] * 2 + [val.systole_seconds(1)] * 2))
+    assert torch.equal(model.systole_of(val, [0, 1], repeats=2, counterfactual=True), torch.full((4,), 0.4))
+    del model.config["counterfactual_systole"]
+    assert torch.equal(model.systole_of(val, [0, 1], repeats=2, counterfactual=True), own)
 
 
 def test_demo_cascade_samples_without_dynamic_thresholding():

@@ -1,5 +1,7 @@
 """Stage-wise diffusion training on real phantom AVIs: exact resume, cascades across stages, export, errors."""
 
+import dataclasses
+
 import pytest
 import torch
 import yaml
@@ -156,7 +158,8 @@ def test_a_systole_conditioned_cascade_trains_and_every_stage_samples_it_with_th
         phantom_root, tmp_path, monkeypatch):
     """``condition_on_systole`` end to end on real AVIs: both stages train on the TRAIN videos' ED -> ES intervals
     (VAL loss included), and stage 03's scoring, stage 04's synthetic videos and stage 02's sample GIFs pass each
-    anatomy video's own interval to the sampler (a missing one would be an error, not a guess)."""
+    anatomy video's own interval to the sampler (a missing one would be an error, not a guess), or, for videos
+    made at another EF, the cascade's ``counterfactual_systole``."""
     import pandas as pd
 
     from echodiff import evaluation, rebalance
@@ -197,6 +200,23 @@ def test_a_systole_conditioned_cascade_trains_and_every_stage_samples_it_with_th
     training_module.sample_gifs(tmp_path / "model", {"data_root": str(phantom_root), "n_samples": 1,
                                                      "sample_steps": 2}, tmp_path / "gifs")
     assert seen[-1].tolist() == pytest.approx([val.systole_seconds(0)])
+    # counterfactual_systole: every video made at an EF other than its anatomy's asks for that interval (stage 03's
+    # counterfactual mode, stage 04, stage 02's GIFs); a factual one keeps its own
+    config_file = tmp_path / "model" / "config.yaml"
+    config_file.write_text(yaml.safe_dump(dict(yaml.safe_load(config_file.read_text()), counterfactual_systole=0.4)))
+    model = load_model_folder(tmp_path / "model")
+    evaluation.generate_scores(model, regressor, dataclasses.replace(cfg, mode="counterfactual"), tmp_path / "c.csv",
+                               progress=False)
+    assert seen[-1].tolist() == pytest.approx([0.4] * 4)
+    evaluation.generate_scores(model, regressor, cfg, tmp_path / "f.csv", progress=False)
+    assert seen[-1].tolist() == pytest.approx([val.systole_seconds(i) for i in (0, 0, 1, 1)])
+    rebalance.generate_dataset(model, regressor, plan, tmp_path / "synthetic2",
+                               rebalance.GenerateConfig(data_root=str(phantom_root), num_noise=2, sample_steps=2,
+                                                        size=32, seed=7), progress=False)
+    assert seen[-1].tolist() == pytest.approx([0.4] * 2)
+    training_module.sample_gifs(tmp_path / "model", {"data_root": str(phantom_root), "n_samples": 1,
+                                                     "sample_steps": 2}, tmp_path / "gifs2")
+    assert seen[-1].tolist() == pytest.approx([0.4])
 
 
 def test_a_video_without_an_ed_to_es_interval_stops_systole_training_before_its_first_step(phantom_copy, tmp_path):

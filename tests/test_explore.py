@@ -92,7 +92,8 @@ def test_generate_candidates_reproducible_per_seed_with_their_regressed_ef(explo
 
 def test_a_systole_conditioned_cascade_gets_the_anatomy_videos_interval(explorer):
     """``condition_on_systole``: a dataset anatomy carries its video's ED -> ES interval into generation; an uploaded
-    frame has none, and generating from it asks for one instead of making one up."""
+    frame has none, and generating from it asks for one instead of making one up, unless the cascade sets the
+    interval of its counterfactual videos (``counterfactual_systole``)."""
     from echodiff.diffusion.imagen import cascade_config
 
     cascade = CascadeModel(cascade_config(dict(tiny_config(1), condition_on_systole=True))).eval()
@@ -109,6 +110,11 @@ def test_a_systole_conditioned_cascade_gets_the_anatomy_videos_interval(explorer
     with pytest.raises(ValueError, match="frame.png: this cascade is conditioned on the ED -> ES interval"):
         timed.generate(uploaded, 60.0, steps=2)
     assert timed.generate(uploaded, 60.0, candidates=1, steps=2, systole=0.3).videos.shape == (1, 3, 4, 16, 16)
+    # a cascade that asks its counterfactual videos for one interval (counterfactual_systole) uses it for both
+    cascade.config["counterfactual_systole"] = 0.4
+    asked = sample(cascade, resize(anatomy.frame[None], 16), 60.0, steps=2, seed=4, systole=0.4)
+    assert torch.equal(timed.generate(anatomy, 60.0, candidates=1, steps=2, seed=4).videos, asked)
+    assert timed.generate(uploaded, 60.0, candidates=1, steps=2).settings["systole"] == 0.4
 
 
 def test_sweep_keeps_anatomy_and_seeds_across_efs(explorer):

@@ -160,7 +160,8 @@ def condition_dim(config: dict[str, Any]) -> int:
 
 #: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
-                "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole")
+                "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole", "counterfactual_systole",
+                "ef_extrapolation")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -211,6 +212,21 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
     if not isinstance(config.get("condition_on_systole", False), bool):
         raise ValueError(f"{source}: condition_on_systole must be true or false (absent: false), got "
                          f"{config['condition_on_systole']!r}")
+    asked = config.get("counterfactual_systole")
+    if asked is not None:
+        if not config.get("condition_on_systole"):
+            raise ValueError(f"{source}: counterfactual_systole needs condition_on_systole: true (it is the ED -> ES "
+                             "interval asked of counterfactual videos)")
+        if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not 0 < asked <= 2:
+            raise ValueError(f"{source}: counterfactual_systole must be an ED -> ES interval in (0, 2] s (or absent: "
+                             f"each anatomy video's own), got {asked!r}")
+    extrapolation = config.get("ef_extrapolation")
+    if extrapolation is not None:
+        if not isinstance(extrapolation, dict) or set(extrapolation) != {"above", "span"} or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in extrapolation.values()) or not (
+                0 < extrapolation["span"] < extrapolation["above"] < 100):
+            raise ValueError(f"{source}: ef_extrapolation must be {{above: EF %, span: EF %}} with 0 < span < above "
+                             f"< 100 (or absent: none), got {extrapolation!r}")
     return config
 
 
@@ -350,12 +366,18 @@ class CascadeModel(torch.nn.Module):
     def ef_kind(self) -> str:
         return self.config.get("ef_embedding", "ef_flag")
 
-    def systole_of(self, data: DiffusionClips, indices: list[int], repeats: int = 1) -> torch.Tensor | None:
-        """The ED -> ES intervals (s) of videos ``indices`` of ``data``, each repeated ``repeats`` times (shape
-        ``(len(indices) x repeats,)``), when this cascade is conditioned on them (``condition_on_systole``), else None:
-        what :func:`~echodiff.diffusion.sample`'s ``systole`` takes for videos made from those anatomy frames."""
+    def systole_of(self, data: DiffusionClips, indices: list[int], repeats: int = 1,
+                   counterfactual: bool = False) -> torch.Tensor | None:
+        """The ED -> ES intervals (s) to sample videos ``indices`` of ``data`` with, each repeated ``repeats`` times
+        (shape ``(len(indices) x repeats,)``), when this cascade is conditioned on them (``condition_on_systole``),
+        else None: what :func:`~echodiff.diffusion.sample`'s ``systole`` takes for videos made from those anatomy
+        frames. Each video's own interval, or, for ``counterfactual`` videos (made at an EF other than their anatomy
+        video's), the config's ``counterfactual_systole`` where it sets one."""
         if not self.config.get("condition_on_systole"):
             return None
+        asked = self.config.get("counterfactual_systole")
+        if counterfactual and asked is not None:
+            return torch.full((len(indices) * repeats,), float(asked))
         seconds = torch.tensor([data.systole_seconds(int(i)) for i in indices], dtype=torch.float32)
         return seconds.repeat_interleave(repeats)
 

@@ -7,8 +7,9 @@ import itertools
 import math
 import os
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -113,6 +114,54 @@ def _solver(model: CascadeModel, solver: str) -> Iterator[None]:
         del model.imagen.one_unet_sample  # back to the class's method
 
 
+def extrapolated_forward(unet: torch.nn.Module, anchor: torch.Tensor, lower: torch.Tensor,
+                         weight: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """``unet.forward_with_cond_scale`` extrapolated linearly in EF (the cascade's ``ef_extrapolation``): with
+    ``G(c)`` imagen-pytorch's guided prediction for condition token ``c``, each video gets
+    ``G(anchor) + w (G(anchor) - G(lower))``. ``anchor`` / ``lower``: condition tokens ``(B, 1, D)`` at the target EF
+    capped at ``above`` and at that minus ``span``; ``weight`` ``(B,)``: (target - above) / span, 0 for a target at
+    or below ``above`` (then the prediction is ``G`` at the target itself, as without the option). ``G(lower)`` is
+    computed only when some weight is > 0 (twice the passes then)."""
+    guided = type(unet).forward_with_cond_scale  # the class's method: the instance's is this function
+
+    def forward(x: torch.Tensor, *args: Any, text_embeds: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        prediction = guided(unet, x, *args, text_embeds=anchor.to(x), **kwargs)
+        if not bool((weight > 0).any()):
+            return prediction
+        w = weight.to(prediction).view(-1, *([1] * (prediction.ndim - 1)))
+        return prediction + w * (prediction - guided(unet, x, *args, text_embeds=lower.to(x), **kwargs))
+
+    return forward
+
+
+def extrapolation_tokens(config: dict[str, Any], ef: torch.Tensor, systole: torch.Tensor | float | list[float] | None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """For a cascade with ``ef_extrapolation: {above, span}``: the condition tokens of target ``ef`` ``(B,)`` capped at
+    ``above`` and of that minus ``span``, and the weights (ef - above) / span (0 at or below ``above``), as
+    :func:`extrapolated_forward` takes them; None without the option."""
+    rule = config.get("ef_extrapolation")
+    if rule is None:
+        return None
+    above, span = float(rule["above"]), float(rule["span"])
+    capped = ef.clamp(max=above)
+    return (condition_embedding(config, capped, systole), condition_embedding(config, capped - span, systole),
+            (ef - above).clamp(min=0) / span)
+
+
+@contextlib.contextmanager
+def _stage1_forward(model: CascadeModel, forward: Callable[..., torch.Tensor] | None) -> Iterator[None]:
+    """Meanwhile, stage 1 (where the motion is made) predicts with ``forward`` (None: as it is)."""
+    if forward is None:
+        yield
+        return
+    unet = model.imagen.unets[0]
+    unet.forward_with_cond_scale = forward
+    try:
+        yield
+    finally:
+        del unet.forward_with_cond_scale  # back to the class's method
+
+
 @torch.no_grad()
 def sample(
     model: CascadeModel,
@@ -169,6 +218,7 @@ def sample(
     if ef.numel() != anatomy.shape[0]:
         raise ValueError(f"ef must be one value or one per anatomy frame ({anatomy.shape[0]}), got {ef.numel()}")
     embeds = condition_embedding(model.config, ef, systole)
+    extrapolation = extrapolation_tokens(model.config, ef, systole)
     frames = frames or model.config.get("frames")
     if not frames:
         raise ValueError("frames is required (the model config has no `frames`)")
@@ -190,10 +240,13 @@ def sample(
             torch.manual_seed(seed)
         for start in range(0, anatomy.shape[0], batch_size):
             chunk = slice(start, start + batch_size)
-            video = model.imagen.sample(
-                text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device), video_frames=frames,
-                batch_size=anatomy[chunk].shape[0], cond_scale=scales, use_tqdm=False, device=device,
-                stop_at_unet_number=last_stage)
+            forward = None if extrapolation is None else extrapolated_forward(
+                model.imagen.unets[0], *(tokens[chunk].to(device) for tokens in extrapolation))
+            with _stage1_forward(model, forward):
+                video = model.imagen.sample(
+                    text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device),
+                    video_frames=frames, batch_size=anatomy[chunk].shape[0], cond_scale=scales, use_tqdm=False,
+                    device=device, stop_at_unet_number=last_stage)
             video = output_video(video.float().cpu(), resize(anatomy[chunk], out_size), model.config)
             outputs.append(video.expand(-1, 3, -1, -1, -1))  # grey cascades: 1 -> 3
     return torch.cat(outputs)

@@ -417,7 +417,7 @@ def sample_gifs(model_dir: Path, params: dict[str, Any], out: Path) -> list[Path
         torch.manual_seed(i)
         anatomy, ef, clip = val[i]
         small = resize(anatomy[None], cascade.image_size).expand(len(efs), -1, -1, -1)
-        systole = cascade.systole_of(val, [i])
+        systole = cascade.systole_of(val, [i], counterfactual=True)
         videos = sample(cascade, small, efs, steps=params.get("sample_steps"), churn=params.get("sample_churn"),
                         cond_scale=params.get("cond_scale", 5.0), seed=i, sigma_max=params.get("sample_sigma_max"),
                         systole=systole)
