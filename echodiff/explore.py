@@ -174,7 +174,8 @@ class Explorer:
         """``candidates`` videos of ``anatomy`` at target ``ef`` (%); candidate ``k`` uses seed ``seed + k``, so it
         does not change with the number of candidates. Sampler arguments as :func:`echodiff.diffusion.sample`;
         ``systole`` (s, for a cascade with ``condition_on_systole``) defaults to the cascade's
-        ``counterfactual_systole`` where it sets one (the video is made at a chosen EF), else the anatomy video's own."""
+        ``counterfactual_systole`` where it sets one (the video is made at a chosen EF), else the anatomy video's
+        own."""
         if not 0 < float(ef) <= 100:
             raise ValueError(f"the target EF must be within (0, 100] %, got {ef}")
         if candidates < 1:
