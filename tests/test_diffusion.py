@@ -446,8 +446,10 @@ def test_sampling_rules_of_a_cascade_are_checked(phantom_root):
     with pytest.raises(ValueError, match=r"in \(0, 2\] s"):
         cascade_config(dict(tiny_config(), condition_on_systole=True, counterfactual_systole=12))
     config = cascade_config(dict(tiny_config(ef_kind="ef_fourier"), condition_on_systole=True,
-                                 counterfactual_systole=0.4))
-    model = CascadeModel(config)
+                                 counterfactual_systole=0.4, ef_extrapolation={"above": 65.0, "span": 15.0}))
+    model = CascadeModel(config).eval()
+    # targets below the span (rebalancing's 10-20 % bin) and above the anchor sample in one batch
+    assert sample(model, torch.rand(3, 3, 16, 16), [5.0, 40.0, 90.0], steps=2, systole=0.3).shape == (3, 3, 4, 16, 16)
     val = cascade_clips(config, phantom_root, "val")
     own = model.systole_of(val, [0, 1], repeats=2)
     assert torch.equal(own, torch.tensor([val.systole_seconds(0)] * 2 + [val.systole_seconds(1)] * 2))

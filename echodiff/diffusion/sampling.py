@@ -137,15 +137,15 @@ def extrapolated_forward(unet: torch.nn.Module, anchor: torch.Tensor, lower: tor
 def extrapolation_tokens(config: dict[str, Any], ef: torch.Tensor, systole: torch.Tensor | float | list[float] | None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """For a cascade with ``ef_extrapolation: {above, span}``: the condition tokens of target ``ef`` ``(B,)`` capped at
-    ``above`` and of that minus ``span``, and the weights (ef - above) / span (0 at or below ``above``), as
-    :func:`extrapolated_forward` takes them; None without the option."""
+    ``above`` and of ``above - span`` (used only where the weight is > 0, i.e. where the cap applies), and the weights
+    (ef - above) / span (0 at or below ``above``), as :func:`extrapolated_forward` takes them; None without the
+    option."""
     rule = config.get("ef_extrapolation")
     if rule is None:
         return None
     above, span = float(rule["above"]), float(rule["span"])
-    capped = ef.clamp(max=above)
-    return (condition_embedding(config, capped, systole), condition_embedding(config, capped - span, systole),
-            (ef - above).clamp(min=0) / span)
+    return (condition_embedding(config, ef.clamp(max=above), systole),
+            condition_embedding(config, torch.full_like(ef, above - span), systole), (ef - above).clamp(min=0) / span)
 
 
 @contextlib.contextmanager
