@@ -119,9 +119,10 @@ def extrapolated_forward(unet: torch.nn.Module, anchor: torch.Tensor, lower: tor
     """``unet.forward_with_cond_scale`` extrapolated linearly in EF (the cascade's ``ef_extrapolation``): with
     ``G(c)`` imagen-pytorch's guided prediction for condition token ``c``, each video gets
     ``G(anchor) + w (G(anchor) - G(lower))``. ``anchor`` / ``lower``: condition tokens ``(B, 1, D)`` at the target EF
-    capped at ``above`` and at that minus ``span``; ``weight`` ``(B,)``: (target - above) / span, 0 for a target at
-    or below ``above`` (then the prediction is ``G`` at the target itself, as without the option). ``G(lower)`` is
-    computed only when some weight is > 0 (twice the passes then)."""
+    capped at ``above`` and at ``above - span`` (:func:`extrapolation_tokens`); they replace the token the sampler
+    passes (the anchor is that token wherever the target is at or below ``above``). ``weight`` ``(B,)``:
+    (target - above) / span, 0 for a target at or below ``above`` (then the prediction is ``G`` at the target itself,
+    as without the option). ``G(lower)`` is computed only when some weight is > 0 (twice the passes then)."""
     guided = type(unet).forward_with_cond_scale  # the class's method: the instance's is this function
 
     def forward(x: torch.Tensor, *args: Any, text_embeds: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
