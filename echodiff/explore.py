@@ -181,8 +181,8 @@ class Explorer:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         if systole is None:
-            asked = self.cascade.config.get("counterfactual_systole")
-            systole = anatomy.systole if asked is None else float(asked)
+            asked = self.cascade.counterfactual_systole
+            systole = anatomy.systole if asked is None else asked
         if systole is None and self.cascade.config.get("condition_on_systole"):
             raise ValueError(f"{anatomy.name}: this cascade is conditioned on the ED -> ES interval, which an uploaded "
                              "frame does not carry: pick a dataset video, or pass systole (seconds, e.g. 0.3) to "

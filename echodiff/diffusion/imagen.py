@@ -366,6 +366,13 @@ class CascadeModel(torch.nn.Module):
     def ef_kind(self) -> str:
         return self.config.get("ef_embedding", "ef_flag")
 
+    @property
+    def counterfactual_systole(self) -> float | None:
+        """The ED -> ES interval (s) this cascade asks of a video made at an EF other than its anatomy video's
+        (the config's ``counterfactual_systole``), or None: each video's own."""
+        asked = self.config.get("counterfactual_systole")
+        return None if asked is None else float(asked)
+
     def systole_of(self, data: DiffusionClips, indices: list[int], repeats: int = 1,
                    counterfactual: bool = False) -> torch.Tensor | None:
         """The ED -> ES intervals (s) to sample videos ``indices`` of ``data`` with, each repeated ``repeats`` times
@@ -375,9 +382,8 @@ class CascadeModel(torch.nn.Module):
         video's), the config's ``counterfactual_systole`` where it sets one."""
         if not self.config.get("condition_on_systole"):
             return None
-        asked = self.config.get("counterfactual_systole")
-        if counterfactual and asked is not None:
-            return torch.full((len(indices) * repeats,), float(asked))
+        if counterfactual and self.counterfactual_systole is not None:
+            return torch.full((len(indices) * repeats,), self.counterfactual_systole)
         seconds = torch.tensor([data.systole_seconds(int(i)) for i in indices], dtype=torch.float32)
         return seconds.repeat_interleave(repeats)
 
