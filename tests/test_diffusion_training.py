@@ -126,6 +126,8 @@ def test_stage_configs_pair_per_stage_values_with_stages():
 
     assert [c.lr_schedule for c in stage_configs({"stage": [1, 2], "lr_schedule": ["constant", "cosine"]})] == [
         "constant", "cosine"]
+    assert [c.lr for c in stage_configs({"stage": [1, 2], "lr": [1e-3, 2e-3]})] == [1e-3, 2e-3]
+    assert [c.lr for c in stage_configs({"stage": [1, 2], "lr": 1e-3})] == [1e-3, 1e-3]
 
     assert plan(stage=2, steps=100, batch_size=8) == [(2, 100, 8, None)]
     assert plan(stage=[1, 2], steps=[450, 100], batch_size=[8, 4], window_frames=[None, 4]) == [

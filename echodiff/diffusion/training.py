@@ -362,7 +362,7 @@ def export_model(trainer: Any, config: dict[str, Any], folder: str | Path) -> Pa
 
 
 #: settings a params file may give one value per stage, as a list in the order of ``stage``
-PER_STAGE = ("steps", "batch_size", "window_frames", "lr_schedule")
+PER_STAGE = ("steps", "batch_size", "window_frames", "lr", "lr_schedule")
 
 
 def stage_configs(params: dict[str, Any]) -> list[DiffusionTrainConfig]:
