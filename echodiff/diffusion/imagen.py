@@ -31,6 +31,7 @@ import yaml
 
 from echodiff import tracking
 from echodiff.data import ANATOMY_FRAMES, CLIP_STARTS, DiffusionClips
+from echodiff.data.transforms import sector_mask
 from echodiff.io import atomic_path, atomic_write_text
 from echodiff.rng import derived_seed
 
@@ -161,7 +162,7 @@ def condition_dim(config: dict[str, Any]) -> int:
 #: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
                 "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole", "counterfactual_systole",
-                "ef_extrapolation")
+                "ef_extrapolation", "sector_mask")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -220,6 +221,8 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
         if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not 0 < asked <= 2:
             raise ValueError(f"{source}: counterfactual_systole must be an ED -> ES interval in (0, 2] s (or absent: "
                              f"each anatomy video's own), got {asked!r}")
+    if not isinstance(config.get("sector_mask", False), bool):
+        raise ValueError(f"{source}: sector_mask must be true or false (absent: false), got {config['sector_mask']!r}")
     extrapolation = config.get("ef_extrapolation")
     if extrapolation is not None:
         if not isinstance(extrapolation, dict) or set(extrapolation) != {"above", "span"} or not all(
@@ -336,12 +339,17 @@ def training_target(clip: torch.Tensor, anatomy: torch.Tensor, config: dict[str,
 
 def output_video(generated: torch.Tensor, anatomy: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
     """A video ``(B, C, T, H, W)`` in [0, 1] from what the cascade generated (:func:`training_target`'s space),
-    given the anatomy frames ``(B, 3, H, W)`` at the generated size."""
+    given the anatomy frames ``(B, 3, H, W)`` at the generated size. With ``sector_mask: true`` in ``config``,
+    every frame is black outside the anatomy frame's scan sector (:func:`echodiff.data.transforms.sector_mask`)."""
     gain = config.get("residual_gain")
     if not gain:
-        return generated.clamp(0, 1)
-    still = to_video_channels(anatomy.to(generated), video_channels(config))[:, :, None]
-    return (still + (generated * 2 - 1) / float(gain)).clamp(0, 1)
+        video = generated.clamp(0, 1)
+    else:
+        still = to_video_channels(anatomy.to(generated), video_channels(config))[:, :, None]
+        video = (still + (generated * 2 - 1) / float(gain)).clamp(0, 1)
+    if config.get("sector_mask"):
+        video = video * sector_mask(anatomy.to(video))[:, :, None]
+    return video
 
 
 class CascadeModel(torch.nn.Module):
