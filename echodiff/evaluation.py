@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from echodiff import preempt, tracking
 from echodiff.config import print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips
-from echodiff.data.transforms import resize
+from echodiff.data.transforms import resize, sector_mask
 from echodiff.data.video import read_video
 from echodiff.device import compute_device
 from echodiff.diffusion.imagen import CascadeModel, cascade_clips, load_model_config, load_model_folder
@@ -335,10 +335,12 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         ref_ef, ref_feat = regress_ef(regressor, real, fps, features=True)
         ref_ef = ref_ef.repeat_interleave(cfg.num_noise)
         similarity = ssim(videos, real_rep)
+        in_sector = ssim(videos, real_rep, inside=sector_mask(resize(anatomy, real.shape[-1]))[:, 0])
         perceptual = lpips_metric(videos, real_rep) if lpips_metric is not None else torch.full_like(similarity, np.nan)
         new = pd.DataFrame({
             "FileName": np.repeat(names, cfg.num_noise), "GT EF": targets.numpy(), "Gen EF": gen_ef.numpy(),
             "Ref EF": ref_ef.numpy(), "SSIM": similarity.numpy(), "LPIPS": perceptual.numpy(),
+            "SSIM sector": in_sector.numpy(),
             "Area EF": area_ef, "Ref Area EF": ref_area_ef, "Seg EF": seg_ef, "Ref Seg EF": ref_seg_ef,
             "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings,
             "seconds": (time.perf_counter() - start) / (len(batch) * cfg.num_noise)})
@@ -471,6 +473,8 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     out["avg_ssim"] = float(scores.SSIM.mean())
     out["seed_best_ssim"] = float(per_video.SSIM.max().mean())
     out["selected_ssim"] = float(best.SSIM.mean())
+    if "SSIM sector" in scores:  # the windows centred inside the scan sector: the black background left out
+        out["avg_ssim_sector"] = float(scores["SSIM sector"].mean())
     out["avg_lpips"] = float(scores.LPIPS.mean())
     out["seed_best_lpips"] = float(per_video.LPIPS.min().mean())
     out["selected_lpips"] = float(best.LPIPS.mean())

@@ -43,6 +43,26 @@ def test_ssim_matches_an_independent_computation():
     assert torch.allclose(ssim(real, real), torch.ones(2))
     with pytest.raises(ValueError, match="one shape"):
         ssim(real, real[:, :, :2])
+    # inside=: only the windows centred on the mask's pixels, each the textbook value there
+    inside = torch.zeros(2, 24, 20)
+    inside[0, 8:14, 6:12] = 1
+    inside[1, :, 10:] = 1
+    masked = ssim(fake, real, inside=inside)
+    for b in range(2):
+        keep = inside[b, 5:-5, 5:-5].bool().numpy()
+        maps = []
+        for c in range(3):
+            for t in range(3):
+                x, y = fake[b, c, t].double().numpy(), real[b, c, t].double().numpy()
+                f = lambda a: scipy.ndimage.gaussian_filter(a, 1.5, truncate=3.5)  # noqa: E731
+                mx, my = f(x), f(y)
+                vx, vy, cxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+                m = ((2 * mx * my + 1e-4) * (2 * cxy + 9e-4)) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4))
+                maps.append(m[5:-5, 5:-5][keep])
+        assert float(masked[b]) == pytest.approx(np.mean(maps), abs=1e-6)
+    assert torch.allclose(ssim(real, real, inside=inside), torch.ones(2))
+    with pytest.raises(ValueError, match=r"inside must be \(B, H, W\)"):
+        ssim(real, real, inside=inside[:, :10])
 
 
 def test_frechet_distance_between_known_gaussians():
@@ -191,6 +211,7 @@ def test_score_file_resumes_after_interruption_without_duplicates(phantom_root, 
     assert len(full) == 4 and set(full.columns) >= set(evaluation.SCORE_COLUMNS + evaluation.RUN_COLUMNS)
     assert full.groupby("FileName")["GT EF"].nunique().eq(1).all()  # one target per video, shared by candidates
     assert full["GT EF"].between(15, 85).all() and full.SSIM.between(-1, 1).all() and full.LPIPS.isna().all()
+    assert full["SSIM sector"].between(-1, 1).all()  # the windows inside the anatomy frame's scan sector
 
     real_sample, calls = evaluation.sample, []
 

@@ -22,15 +22,21 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(generated: torch.Tensor, real: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+def ssim(generated: torch.Tensor, real: torch.Tensor, data_range: float = 1.0,
+         inside: torch.Tensor | None = None) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004: 11-px Gaussian window, sigma 1.5, K1 0.01, K2 0.03) per video.
 
     Computed per frame and channel on the window positions that fit inside the frame, then averaged over
-    positions, channels and frames: ``(B, C, T, H, W)`` x2 -> ``(B,)``.
+    positions, channels and frames: ``(B, C, T, H, W)`` x2 -> ``(B,)``. ``inside`` ``(B, H, W)`` (e.g. the scan
+    sector, :func:`echodiff.data.transforms.sector_mask`) averages only the windows centred on its nonzero pixels,
+    so a black background that both videos share does not count.
     """
     if generated.shape != real.shape or generated.ndim != 5:
         raise ValueError(f"ssim needs two (B, C, T, H, W) videos of one shape, got {tuple(generated.shape)} and "
                          f"{tuple(real.shape)}")
+    if inside is not None and inside.shape != (real.shape[0], *real.shape[-2:]):
+        raise ValueError(f"ssim's inside must be (B, H, W) = {(real.shape[0], *real.shape[-2:])}, got "
+                         f"{tuple(inside.shape)}")
     b, c, t, h, w = real.shape
     x = generated.double().permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w)
     y = real.double().permute(0, 2, 1, 3, 4).reshape(b * t * c, 1, h, w)
@@ -45,7 +51,13 @@ def ssim(generated: torch.Tensor, real: torch.Tensor, data_range: float = 1.0) -
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return index.reshape(b, -1).mean(1).float()
+    if inside is None:
+        return index.reshape(b, -1).mean(1).float()
+    half = (g.numel() - 1) // 2  # 'valid' positions: window centres from half to size - 1 - half
+    weight = (inside[:, half:h - half, half:w - half] != 0).double().to(index.device)  # (B, h', w')
+    index = index.reshape(b, t * c, *weight.shape[-2:])
+    total = (index * weight[:, None]).sum((1, 2, 3))
+    return (total / (weight.sum((1, 2)) * t * c)).float()  # NaN for a video whose mask is empty
 
 
 def temporal_profile(videos: torch.Tensor, fps: float,
