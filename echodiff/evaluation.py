@@ -473,7 +473,8 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     out["avg_ssim"] = float(scores.SSIM.mean())
     out["seed_best_ssim"] = float(per_video.SSIM.max().mean())
     out["selected_ssim"] = float(best.SSIM.mean())
-    if "SSIM sector" in scores:  # the windows centred inside the scan sector: the black background left out
+    if "SSIM sector" in scores and scores["SSIM sector"].notna().all():  # the windows centred inside the scan
+        # sector, the black background left out (absent from score files written before it existed)
         out["avg_ssim_sector"] = float(scores["SSIM sector"].mean())
     out["avg_lpips"] = float(scores.LPIPS.mean())
     out["seed_best_lpips"] = float(per_video.LPIPS.min().mean())
