@@ -10,9 +10,11 @@ on a GPU a demo-sized run is bound by kernel launches, so several share one card
 
 A variant is a name and assignments, e.g. ``"fourier cascade.ef_embedding=ef_fourier"``: ``cascade.<key>`` edits
 the cascade config (dotted paths, YAML values), ``train.<key>`` stage 02's parameters (``train.steps=[1200,500]``),
-``score.<key>`` stage 03's (``score.cond_scale=[4.0,1.0]``). Every run writes ``<out>/runs/<variant>_s<seed>.json``
-(its summaries and minutes), and ``<out>/sweep.md`` is rewritten as runs finish, so a run cut short still reports
-what finished. The segmentation judge is trained once (or read from ``--seg-judge``) and shared by every run::
+``score.<key>`` stage 03's (``score.cond_scale=[4.0,1.0]``); ``train.data_root=<folder>`` trains on another
+dataset (e.g. a larger phantom) while scoring stays on ``--data-root``'s VAL videos. Every run writes
+``<out>/runs/<variant>_s<seed>.json`` (its summaries and minutes), and ``<out>/sweep.md`` is rewritten as runs finish,
+so a run cut short still reports what finished. The segmentation judge is trained once (or read from
+``--seg-judge``) and shared by every run::
 
     python benchmarks/recipe_sweep.py --regressor outputs/ef_regression/demo/best.pt --seeds 0 1 2 \\
         --variant base --variant "fourier cascade.ef_embedding=ef_fourier" --workers 6 --out sweep/
@@ -101,7 +103,8 @@ def run_one(job: dict) -> dict:
     (out / "cascade.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     params = {**yaml.safe_load(Path(job["train"]).read_text()), **job["edits"]["train"],
               "model_config": str(out / "cascade.yaml"), "checkpoint_dir": str(out / "checkpoints"),
-              "seed": job["seed"], "data_root": job["data_root"], "cache_dir": job["cache_dir"],
+              "seed": job["seed"], "data_root": job["edits"]["train"].get("data_root", job["data_root"]),
+              "cache_dir": job["cache_dir"],
               "precision": job["precision"]}
     start = time.perf_counter()
     trainer, history = train_stages(stage_configs(params), out / "checkpoints")
@@ -112,6 +115,7 @@ def run_one(job: dict) -> dict:
     score = {**yaml.safe_load(Path(job["score"]).read_text()), **job["edits"]["score"],
              "data_root": job["data_root"], "cache_dir": job["cache_dir"]}
     result = {"variant": job["variant"], "seed": job["seed"], "edits": job["edits"],
+              "train_data_root": params["data_root"],
               "final_train_loss": [float(history[history.stage == s].train_loss.tail(50).mean())
                                    for s in sorted(history.stage.unique())]}
     for mode in score.get("modes", ["factual", "counterfactual"]):

@@ -7,6 +7,7 @@ import torch
 import yaml
 from helpers import tiny_config
 
+from echodiff.data import DatasetError
 from echodiff.diffusion import import_imagen, load_model_folder, sample
 from echodiff.diffusion.training import (
     DiffusionTrainConfig,
@@ -236,3 +237,11 @@ def test_a_video_without_an_ed_to_es_interval_stops_systole_training_before_its_
     with pytest.raises(DatasetError, match=rf"1 of \d+ videos of split TRAIN have no ED -> ES interval.*{name}"):
         train_stage(_cfg(path, phantom_copy, steps=2), tmp_path / "ckpt")
     assert not (tmp_path / "ckpt" / "trainer.pt").exists()
+
+
+def test_fewer_train_clips_than_one_batch_is_an_error_not_an_endless_loop(phantom_root, cascade_file, tmp_path):
+    # drop_last with fewer clips than a batch yields no batch: the step loop used to spin forever (seen in a sweep
+    # on an 8-video phantom); now it stops before training, naming the dataset and the fix
+    with pytest.raises(DatasetError, match=r"FileList.csv: stage 1 needs at least batch_size x processes = 64 TRAIN "
+                                           r"clips, but only \d+ are usable"):
+        train_stage(_cfg(cascade_file, phantom_root, batch_size=64), tmp_path / "ckpt")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from echodiff import phantom
 from echodiff.models.ef_regressor import EFRegressor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +46,12 @@ def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, 
     (blocker / "__init__.py").write_text("raise ImportError('no MLflow on the GPU machine')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     out = tmp_path / "sweep"
+    other = tmp_path / "phantom-other"  # the second variant trains on other hearts, scored on --data-root's VAL
+    phantom.write_phantom(other, n=24, seed=5, workers=1)
     command = [sys.executable, str(SWEEP), "--regressor", str(_regressor(tmp_path)), "--train", str(train), "--score",
                str(score), "--data-root", str(phantom_root), "--cache-dir", str(tmp_path / "cache"), "--workers", "2",
                "--seeds", "0", "--out", str(out), "--variant", "base",
-               "--variant", "flag cascade.ef_embedding=ef_flag score.cond_scale=[4.0,1.0]"]
+               "--variant", f"flag cascade.ef_embedding=ef_flag score.cond_scale=[4.0,1.0] train.data_root={other}"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
@@ -65,6 +68,8 @@ def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, 
         assert yaml.safe_load((work / "model" / "config.yaml").read_text())["ef_embedding"] == wanted
         assert set(scores.cond_scale) == {"[4.0, 1.0]" if name.startswith("flag") else "[2.5, 1.0]"}
     assert runs["flag_s0"]["edits"]["cascade"] == {"ef_embedding": "ef_flag"}
+    assert runs["flag_s0"]["train_data_root"] == str(other)
+    assert runs["base_s0"]["train_data_root"] == str(Path(phantom_root).resolve())
     table = (out / "sweep.md").read_text()
     assert "| base | 0 |" in table and "| **flag** | mean of 1 |" in table
     assert json.loads((out / "seg_judge.json").read_text())["val_clips"] > 0  # trained once, accuracy kept

@@ -244,7 +244,12 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
     rank, processes = trainer.accelerator.process_index, trainer.accelerator.num_processes
-    per_epoch = max(1, len(data) // (cfg.batch_size * processes))  # optimizer steps per epoch
+    if len(data) < cfg.batch_size * processes:  # drop_last would give no batch at all, and the loop would spin
+        raise DatasetError(f"{resolve_path(cfg.data_root) / 'FileList.csv'}: stage {cfg.stage} needs at least "
+                           f"batch_size x processes = {cfg.batch_size * processes} TRAIN clips, but only {len(data)} "
+                           f"are usable ({len(data.dropped_short)} too short and left out); use a smaller batch_size "
+                           "or more TRAIN videos")
+    per_epoch = len(data) // (cfg.batch_size * processes)  # optimizer steps per epoch
     check_window(cfg, config)
     step = int(trainer.steps[cfg.stage - 1])
     trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
