@@ -58,4 +58,4 @@ browser-deps:
 	else echo "browser-deps: need root and apt-get to install chromium; the browser test will be skipped"; fi
 
 clean-demo:
-	rm -rf data/phantom outputs runs
+	rm -rf data/phantom data/phantom_uniform outputs runs

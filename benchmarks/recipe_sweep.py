@@ -10,8 +10,9 @@ on a GPU a demo-sized run is bound by kernel launches, so several share one card
 
 A variant is a name and assignments, e.g. ``"fourier cascade.ef_embedding=ef_fourier"``: ``cascade.<key>`` edits
 the cascade config (dotted paths, YAML values), ``train.<key>`` stage 02's parameters (``train.steps=[1200,500]``),
-``score.<key>`` stage 03's (``score.cond_scale=[4.0,1.0]``); ``train.data_root=<folder>`` trains on another
-dataset (e.g. a larger phantom) while scoring stays on ``--data-root``'s VAL videos. Every run writes
+``score.<key>`` stage 03's (``score.cond_scale=[4.0,1.0]``). A run trains on stage 02's ``data_root`` (the demo's:
+``data/phantom_uniform``, written first where its parameters ask for a phantom) or on ``train.data_root=<folder>``
+(e.g. a larger phantom), and is scored on ``--data-root``'s VAL videos. Every run writes
 ``<out>/runs/<variant>_s<seed>.json`` (its summaries and minutes), and ``<out>/sweep.md`` is rewritten as runs finish,
 so a run cut short still reports what finished. The segmentation judge is trained once (or read from
 ``--seg-judge``) and shared by every run::
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 import yaml
 
+from echodiff import phantom
 from echodiff.config import with_edits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +80,14 @@ def check_variant(name: str, edits: dict[str, dict], cascade: str | Path) -> Non
             raise SystemExit(f"variant {name!r}: unknown {section} key(s) {unknown}; known: {sorted(known)}")
 
 
+def train_params(train: str | Path, edits: dict) -> dict:
+    """Stage 02's parameters from the file ``train`` with a variant's ``train.`` edits, ``data_root`` absolute (a
+    relative one is the repository's, as the stage reads it)."""
+    params = {**yaml.safe_load(Path(train).read_text()), **edits}
+    params["data_root"] = str((REPO / params["data_root"]).resolve())
+    return params
+
+
 def run_one(job: dict) -> dict:
     """Train and score one (variant, seed); returns the summaries per mode and the minutes each part took."""
     from echodiff import tracking
@@ -101,10 +111,8 @@ def run_one(job: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     config = cascade_config(with_edits(yaml.safe_load(Path(job["cascade"]).read_text()), job["edits"]["cascade"]))
     (out / "cascade.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    params = {**yaml.safe_load(Path(job["train"]).read_text()), **job["edits"]["train"],
-              "model_config": str(out / "cascade.yaml"), "checkpoint_dir": str(out / "checkpoints"),
-              "seed": job["seed"], "data_root": job["edits"]["train"].get("data_root", job["data_root"]),
-              "cache_dir": job["cache_dir"],
+    params = {**train_params(job["train"], job["edits"]["train"]), "model_config": str(out / "cascade.yaml"),
+              "checkpoint_dir": str(out / "checkpoints"), "seed": job["seed"], "cache_dir": job["cache_dir"],
               "precision": job["precision"]}
     start = time.perf_counter()
     trainer, history = train_stages(stage_configs(params), out / "checkpoints")
@@ -234,6 +242,8 @@ def main() -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     if args.cache_dir:
         warm_cache(Path(args.data_root), Path(args.cache_dir), args.workers)
+    for _, edits in variants:  # each TRAIN set once, before the runs read it side by side
+        phantom.prepare(train_params(args.train, edits["train"]))
     seg = fit_shared_seg_judge(args, out)
     jobs = []  # seed-major: every variant's seed 0 first, so a sweep cut short still compares the variants
     for seed in args.seeds:

@@ -120,7 +120,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     **dict.fromkeys(("weight_decay", "churn", "sample_churn", "cond_scale", "seed", "phantom_seed", "pad",
                      "num_workers", "ema_update_after_step", "ema_update_every", "chunk", "n_gifs", "n_samples",
                      "bootstrap", "keep_checkpoints"), (0, None)),
-    **dict.fromkeys(("sample_efs", "ef_range"), (0.0, 100.0)),
+    **dict.fromkeys(("sample_efs", "ef_range", "phantom_ef_range"), (0.0, 100.0)),
 }
 
 

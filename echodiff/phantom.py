@@ -21,6 +21,7 @@ CLI: ``python -m echodiff.phantom --out DIR --n N --seed S``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -40,12 +41,14 @@ from tqdm.auto import tqdm
 from echodiff.config import resolve_path
 from echodiff.data.echonet import FILELIST_COLUMNS, TRACING_COLUMNS
 from echodiff.data.video import write_video
-from echodiff.io import atomic_write_csv
+from echodiff.io import atomic_write_csv, atomic_write_text
 
 IMAGE_SIZE = 112
 N_DISCS = 20
 #: EchoNet-Dynamic's split sizes; the phantom keeps their proportions.
 SPLIT_SIZES = {"TRAIN": 7465, "VAL": 1288, "TEST": 1277}
+MIN_EF, MAX_EF = 7.0, 97.0  # the EFs (%) a phantom heart is drawn at
+SETTINGS_FILE = "phantom.json"  # what a phantom folder was drawn with: n, seed, ef_range
 
 # Cardiac cycle as a fraction of the period: (start, end) of each phase. c(t) is the contraction,
 # 0 at end-diastole (largest LV) and 1 at end-systole (smallest LV).
@@ -87,16 +90,32 @@ class Heart:
         return 60.0 / self.heart_rate
 
 
-def sample_ef(rng: np.random.Generator, n: int) -> np.ndarray:
-    """EF in % drawn like EchoNet-Dynamic's: mean ~55.7, sd ~12.5, a long low-EF tail, within 7-97 %."""
+def sample_ef(rng: np.random.Generator, n: int, ef_range: Sequence[float] | None = None) -> np.ndarray:
+    """EF in % drawn like EchoNet-Dynamic's: mean ~55.7, sd ~12.5, a long low-EF tail, within 7-97 %; or, with
+    ``ef_range = (low, high)``, uniformly within it (every EF as common as any other: a diffusion TRAIN set whose
+    low- and high-EF hearts are not a thin tail)."""
+    if ef_range is not None:
+        low, high = check_ef_range(ef_range)
+        return rng.uniform(low, high, n)
     out = np.empty(n)
     for i in range(n):
         while True:
             ef = rng.normal(60.6, 7.2) if rng.random() < 0.84 else rng.normal(35.0, 11.0)
-            if 7.0 <= ef <= 97.0:
+            if MIN_EF <= ef <= MAX_EF:
                 out[i] = ef
                 break
     return out
+
+
+def check_ef_range(ef_range: Sequence[float]) -> tuple[float, float]:
+    """``(low, high)`` EF in % as floats, or a ValueError: two numbers with 7 <= low < high <= 97 (the EFs a phantom
+    heart is drawn at)."""
+    values = list(ef_range) if isinstance(ef_range, (list, tuple)) else []
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or not (
+            MIN_EF <= values[0] < values[1] <= MAX_EF):
+        raise ValueError(f"phantom EF range must be [low, high] in % with {MIN_EF:g} <= low < high <= {MAX_EF:g}, "
+                         f"got {ef_range!r}")
+    return float(values[0]), float(values[1])
 
 
 def assign_splits(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -398,12 +417,12 @@ def _write_one(args: tuple[Heart, str, str]) -> tuple[dict, list[list]]:
     return row, tracings
 
 
-def hearts(n: int, seed: int) -> tuple[list[Heart], np.ndarray]:
-    """The ``n`` hearts of a phantom and their splits, deterministic in ``seed``."""
+def hearts(n: int, seed: int, ef_range: Sequence[float] | None = None) -> tuple[list[Heart], np.ndarray]:
+    """The ``n`` hearts of a phantom and their splits, deterministic in ``(seed, ef_range)`` (:func:`sample_ef`)."""
     if n < 3:
         raise ValueError(f"a phantom needs at least 3 videos (one per split), got n={n}")
     rng = np.random.default_rng(seed)
-    efs = sample_ef(rng, n)
+    efs = sample_ef(rng, n, ef_range)
     splits = assign_splits(n, rng)
     out = [make_heart(seed, i, ef) for i, ef in enumerate(efs)]
     if _repeated_names(out):
@@ -417,14 +436,34 @@ def _repeated_names(chosen: Sequence[Heart]) -> list[str]:
     return sorted(name for name, count in counts.items() if count > 1)
 
 
-def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: int | None = None) -> pd.DataFrame:
+def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: int | None = None,
+                  ef_range: Sequence[float] | None = None) -> pd.DataFrame:
     """Write an EchoNet-Dynamic-format phantom of ``n`` videos under ``out`` and return its FileList.
 
-    Deterministic in ``(n, seed)``. Videos already present (from an interrupted run) are kept; the CSVs are
-    written last, atomically, so a folder with a ``FileList.csv`` is complete.
+    Deterministic in ``(n, seed, ef_range)`` (``ef_range``: EFs uniform within it, :func:`sample_ef`; None:
+    EchoNet-Dynamic's distribution). Videos already present (from an interrupted run) are kept; the CSVs are
+    written last, atomically, so a folder with a ``FileList.csv`` is complete. ``phantom.json`` records the
+    settings, so that :func:`ensure_phantom` never passes off a phantom drawn otherwise.
     """
-    all_hearts, splits = hearts(n, seed)
+    all_hearts, splits = hearts(n, seed, ef_range)
+    settings = _settings(n, seed, ef_range)
+    out = Path(out)
+    recorded = _recorded_settings(out)
+    if recorded is not None and recorded != settings:
+        raise ValueError(f"{out / SETTINGS_FILE} says this folder holds a phantom drawn with {recorded}, not "
+                         f"{settings}: write to another folder, or delete this one")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(settings), out / SETTINGS_FILE)
     return write_hearts(out, all_hearts, splits, workers)
+
+
+def _settings(n: int, seed: int, ef_range: Sequence[float] | None) -> dict[str, Any]:
+    return {"n": int(n), "seed": int(seed), "ef_range": None if ef_range is None else list(check_ef_range(ef_range))}
+
+
+def _recorded_settings(root: Path) -> dict[str, Any] | None:
+    path = root / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[str],
@@ -456,8 +495,9 @@ def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[s
     return filelist
 
 
-def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0) -> bool:
+def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0, ef_range: Sequence[float] | None = None) -> bool:
     """Write a phantom of ``n`` videos at ``root`` unless it already holds a ``FileList.csv``; True if written.
+    A phantom there whose ``phantom.json`` records other settings (``n``, ``seed``, ``ef_range``) is a ValueError.
 
     Only where a phantom was asked for: the folder's name must contain ``phantom`` (``data/phantom``,
     ``data/phantom-mini``). Any other folder without ``FileList.csv`` -- a mistyped or nested path to the real
@@ -465,24 +505,29 @@ def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0) -> bool:
     """
     root = Path(root)
     if (root / "FileList.csv").is_file():
+        recorded, asked = _recorded_settings(root), _settings(n, seed, ef_range)
+        if recorded is not None and recorded != asked:
+            raise ValueError(f"{root} holds a phantom drawn with {recorded} ({root / SETTINGS_FILE}), but this stage "
+                             f"asks for {asked}: point data_root at another folder, or delete this one")
         return False
     if "phantom" not in root.name.lower():
         raise FileNotFoundError(
             f"dataset folder not found: {root / 'FileList.csv'} does not exist. For EchoNet-Dynamic, point data_root "
             "at the folder that holds FileList.csv, VolumeTracings.csv and Videos/ (and set make_phantom=False); "
             "a phantom is written only into a folder whose name contains 'phantom' (e.g. data/phantom)")
-    write_phantom(root, n=n, seed=seed)
+    write_phantom(root, n=n, seed=seed, ef_range=ef_range)
     return True
 
 
 def prepare(params: Mapping[str, Any]) -> bool:
     """The phantom a stage's parameters ask for: with ``make_phantom`` true, :func:`ensure_phantom` at
-    ``data_root`` with ``phantom_videos`` videos (default 400) from ``phantom_seed`` (default 0); True if written.
+    ``data_root`` with ``phantom_videos`` videos (default 400) from ``phantom_seed`` (default 0), EFs uniform within
+    ``phantom_ef_range`` where given (default: EchoNet-Dynamic's distribution); True if written.
     Every stage (notebook, command line, Slurm job) calls this before it reads ``data_root``."""
     if not params.get("make_phantom"):
         return False
     return ensure_phantom(resolve_path(params["data_root"]), int(params.get("phantom_videos", 400)),
-                          int(params.get("phantom_seed", 0)))
+                          int(params.get("phantom_seed", 0)), params.get("phantom_ef_range"))
 
 
 def heart_parameters(n: int, seed: int) -> pd.DataFrame:
@@ -499,10 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=400, help="number of videos (default 400)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4 cores)")
+    parser.add_argument("--ef-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="EF (%%) drawn uniformly within LOW-HIGH (default: EchoNet-Dynamic's distribution)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        filelist = write_phantom(args.out, n=args.n, seed=args.seed, workers=args.workers)
+        filelist = write_phantom(args.out, n=args.n, seed=args.seed, workers=args.workers, ef_range=args.ef_range)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -161,3 +161,30 @@ def test_write_hearts_writes_hearts_at_chosen_efs(tmp_path):
     with pytest.raises(ValueError, match=f"share a FileName \\({twins[0].file_name}\\)"):
         phantom.write_hearts(tmp_path / "twins", twins, ["VAL"] * 2, workers=1)
     assert not (tmp_path / "twins").exists()
+
+
+def test_ef_range_draws_every_ef_alike_and_a_folder_keeps_the_settings_it_was_drawn_with(tmp_path):
+    """``ef_range`` (stage 02's ``phantom_ef_range``): EF uniform within it, so a diffusion TRAIN set's low-EF hearts
+    are not a thin tail (docs/generator-experiments.md, E66). A phantom folder records what it was drawn with, and a
+    stage asking the same folder for another draw is refused, never handed the old videos."""
+    ef = phantom.sample_ef(np.random.default_rng(0), 20000, (10.0, 85.0))
+    assert ef.min() >= 10.0 and ef.max() <= 85.0
+    assert np.histogram(ef, bins=np.arange(10, 86, 15))[0].min() > 3800  # 4000 per 15-% bin if uniform
+    for bad in ((5.0, 50.0), (60.0, 40.0), (10.0,), "10-85", (10.0, True)):
+        with pytest.raises(ValueError, match="phantom EF range must be"):
+            phantom.sample_ef(np.random.default_rng(0), 3, bad)
+    root = tmp_path / "phantom_uniform"
+    assert phantom.prepare({"make_phantom": True, "data_root": str(root), "phantom_videos": 3, "phantom_seed": 2,
+                            "phantom_ef_range": [10, 20]})
+    filelist = pd.read_csv(root / "FileList.csv")
+    assert filelist.EF.between(8.0, 22.0).all(), filelist.EF.tolist()  # measured on the traced frames
+    assert not phantom.ensure_phantom(root, 3, 2, (10, 20))  # the same draw: kept as it is
+    with pytest.raises(ValueError, match="holds a phantom drawn with .*'ef_range': \\[10.0, 20.0\\].* another folder"):
+        phantom.ensure_phantom(root, 3, 2)
+    with pytest.raises(ValueError, match="phantom.json says this folder holds a phantom drawn with"):
+        phantom.write_phantom(root, n=3, seed=3, workers=1)
+    proc = subprocess.run([sys.executable, "-m", "echodiff.phantom", "--out", str(tmp_path / "cli_phantom"), "--n", "3",
+                           "--seed", "2", "--ef-range", "10", "20", "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (pd.read_csv(tmp_path / "cli_phantom" / "FileList.csv").EF == filelist.EF).all()  # one draw, either way

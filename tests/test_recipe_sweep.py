@@ -28,10 +28,12 @@ def _regressor(tmp_path: Path) -> Path:
     return tmp_path / "regressor.pt"
 
 
-def _tiny_params(tmp_path: Path) -> tuple[Path, Path]:
-    """Stage 02's and stage 03's demo parameters, cut to seconds: 2 + 2 training steps, 1 VAL video x 2 candidates."""
+def _tiny_params(tmp_path: Path, phantom_root: Path) -> tuple[Path, Path]:
+    """Stage 02's and stage 03's demo parameters, cut to seconds: 2 + 2 training steps on ``phantom_root``, 1 VAL video
+    x 2 candidates."""
     train = yaml.safe_load((REPO / "params/diffusion_demo.yaml").read_text())
-    train.update(steps=[2, 2], checkpoint_every=1, val_every=2, n_samples=0)
+    train.update(steps=[2, 2], checkpoint_every=1, val_every=2, n_samples=0, data_root=str(phantom_root),
+                 make_phantom=False)
     score = yaml.safe_load((REPO / "params/evaluate_demo.yaml").read_text())
     score.update(max_videos=1, num_noise=2, sample_steps=[2, 2], seg_steps=4)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
@@ -40,7 +42,7 @@ def _tiny_params(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, tmp_path):
-    train, score = _tiny_params(tmp_path)
+    train, score = _tiny_params(tmp_path, phantom_root)
     blocker = tmp_path / "no_mlflow" / "mlflow"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('no MLflow on the GPU machine')\n")
@@ -84,7 +86,7 @@ def test_sweep_trains_scores_and_tabulates_every_variant_and_seed(phantom_root, 
     ("bad train.stepz=9", "unknown train key(s) ['stepz']"),
 ])
 def test_a_malformed_variant_is_an_error(tmp_path, variant, message):
-    train, score = _tiny_params(tmp_path)
+    train, score = _tiny_params(tmp_path, tmp_path / "never-read")
     done = subprocess.run([sys.executable, str(SWEEP), "--regressor", str(_regressor(tmp_path)), "--variant", variant,
                            "--seeds", "0", "--score", str(score), "--train", str(train), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
