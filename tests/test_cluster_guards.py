@@ -55,7 +55,8 @@ def test_gpus_given_but_unusable_is_an_error_not_a_cpu_run(monkeypatch, phantom_
     # the same through a real command line: it stops before training, saying why
     env = dict(os.environ, SLURM_GPUS_ON_NODE="", CUDA_VISIBLE_DEVICES="0")
     done = subprocess.run([sys.executable, "-m", "echodiff.ef_training", "-f", "params/ef_demo.yaml",
-                           f"data_root={phantom_root}", f"checkpoint_dir={tmp_path / 'ckpt'}", "epochs=1"],
+                           f"data_root={phantom_root}", "make_phantom=false", f"checkpoint_dir={tmp_path / 'ckpt'}",
+                           "epochs=1"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "CUDA_VISIBLE_DEVICES=0" in done.stderr and "torch cannot use" in done.stderr
     assert not (tmp_path / "ckpt" / "last.pt").exists()
