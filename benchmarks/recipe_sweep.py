@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from echodiff import phantom
-from echodiff.config import with_edits
+from echodiff.config import resolve_path, with_edits
 
 REPO = Path(__file__).resolve().parents[1]
 #: the numbers the table shows per run, stage 03's names, per mode (all candidates; motion: EF-selected, as stage 03)
@@ -84,7 +84,7 @@ def train_params(train: str | Path, edits: dict) -> dict:
     """Stage 02's parameters from the file ``train`` with a variant's ``train.`` edits, ``data_root`` absolute (a
     relative one is the repository's, as the stage reads it)."""
     params = {**yaml.safe_load(Path(train).read_text()), **edits}
-    params["data_root"] = str((REPO / params["data_root"]).resolve())
+    params["data_root"] = str(resolve_path(params["data_root"]).resolve())
     return params
 
 

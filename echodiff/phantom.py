@@ -446,24 +446,23 @@ def write_phantom(out: str | os.PathLike, n: int = 400, seed: int = 0, workers: 
     settings, so that :func:`ensure_phantom` never passes off a phantom drawn otherwise.
     """
     all_hearts, splits = hearts(n, seed, ef_range)
-    settings = _settings(n, seed, ef_range)
     out = Path(out)
-    recorded = _recorded_settings(out)
-    if recorded is not None and recorded != settings:
-        raise ValueError(f"{out / SETTINGS_FILE} says this folder holds a phantom drawn with {recorded}, not "
-                         f"{settings}: write to another folder, or delete this one")
+    settings = _checked_settings(out, n, seed, ef_range)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(settings), out / SETTINGS_FILE)
     return write_hearts(out, all_hearts, splits, workers)
 
 
-def _settings(n: int, seed: int, ef_range: Sequence[float] | None) -> dict[str, Any]:
-    return {"n": int(n), "seed": int(seed), "ef_range": None if ef_range is None else list(check_ef_range(ef_range))}
-
-
-def _recorded_settings(root: Path) -> dict[str, Any] | None:
+def _checked_settings(root: Path, n: int, seed: int, ef_range: Sequence[float] | None) -> dict[str, Any]:
+    """The draw ``(n, seed, ef_range)`` as ``phantom.json`` records it, or a ValueError where ``root`` records
+    another (a folder without the file, e.g. one written before it existed, is taken as it is)."""
+    asked = {"n": int(n), "seed": int(seed), "ef_range": None if ef_range is None else list(check_ef_range(ef_range))}
     path = root / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    recorded = json.loads(path.read_text()) if path.is_file() else None
+    if recorded is not None and recorded != asked:
+        raise ValueError(f"{path} says this folder holds a phantom drawn with {recorded}, but {asked} was asked for: "
+                         "point data_root at another folder, or delete this one")
+    return asked
 
 
 def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[str],
@@ -505,10 +504,7 @@ def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0, ef_range: Seq
     """
     root = Path(root)
     if (root / "FileList.csv").is_file():
-        recorded, asked = _recorded_settings(root), _settings(n, seed, ef_range)
-        if recorded is not None and recorded != asked:
-            raise ValueError(f"{root} holds a phantom drawn with {recorded} ({root / SETTINGS_FILE}), but this stage "
-                             f"asks for {asked}: point data_root at another folder, or delete this one")
+        _checked_settings(root, n, seed, ef_range)
         return False
     if "phantom" not in root.name.lower():
         raise FileNotFoundError(
