@@ -432,6 +432,57 @@ def test_ef_extrapolation_carries_the_response_on_beyond_the_trained_range():
     assert extrapolated[85.0] > max(plain[85.0] + 0.015, extrapolated[75.0]), (plain, extrapolated)
 
 
+def test_low_ef_guidance_samples_low_targets_at_their_own_scale():
+    """Guards ``low_ef_guidance`` (docs/generator-experiments.md, E73-E74): stage 1 of a target below ``below`` % is
+    sampled at the rule's guidance scale, every other target at the caller's, in one batch and with the same noise:
+    each video is the one a whole batch at its scale makes. With ``ef_extrapolation`` too, a target above its anchor
+    keeps the caller's scale."""
+    ramp = _toy_model("ef_fourier_clamped", lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50,
+                      steps=40)
+    anatomy, targets = torch.rand(3, 3, 8, 8), [30.0, 44.9, 60.0]
+
+    def videos(cond_scale: float) -> torch.Tensor:
+        return sample(ramp, anatomy, targets, cond_scale=cond_scale, steps=4, churn=0.0, seed=0)
+
+    unguided, guided = videos(1.0), videos(5.0)
+    assert (unguided - guided).abs().amax() > 1e-3  # guidance changes every video of this toy
+    ramp.config["low_ef_guidance"] = {"below": 45.0, "cond_scale": 1.0}
+    mixed = videos(5.0)
+    torch.testing.assert_close(mixed[:2], unguided[:2])
+    torch.testing.assert_close(mixed[2:], guided[2:])
+    ramp.config["low_ef_guidance"] = {"below": 45.0, "cond_scale": 5.0}
+    torch.testing.assert_close(videos(1.0), torch.cat([guided[:2], unguided[2:]]))
+    ramp.config["ef_extrapolation"] = {"above": 50.0, "span": 15.0}
+    both = videos(1.0)
+    del ramp.config["low_ef_guidance"]
+    extrapolated = videos(1.0)
+    assert (extrapolated[2:] - unguided[2:]).abs().amax() > 1e-3  # the extrapolation acts on the 60-% video
+    torch.testing.assert_close(both, torch.cat([guided[:2], extrapolated[2:]]))
+
+
+def test_guidance_update_is_echodiffusions_unless_the_cascade_asks_for_imagens_orthogonal_one():
+    """``guidance_update`` (docs/generator-experiments.md, E75): imagen-pytorch 2.1's ``sample`` keeps only the part
+    of the guidance update orthogonal to the conditional prediction unless told otherwise; EchoDiffusion sampled with
+    the full update (imagen-pytorch <= 2.0), and so does a cascade without the key. Per-video guidance
+    (``low_ef_guidance``) makes each video as a whole batch at its scale would under either update."""
+    ramp = _toy_model("ef_fourier_clamped", lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50,
+                      steps=40)
+    anatomy, targets = torch.rand(3, 3, 8, 8), [30.0, 44.9, 60.0]
+
+    def videos(cond_scale: float) -> torch.Tensor:
+        return sample(ramp, anatomy, targets, cond_scale=cond_scale, steps=4, churn=0.0, seed=0)
+
+    full, unguided = videos(5.0), videos(1.0)
+    ramp.config["guidance_update"] = "orthogonal"
+    orthogonal = videos(5.0)
+    assert (orthogonal - full).abs().amax() > 1e-4
+    torch.testing.assert_close(videos(1.0), unguided)  # no guidance: nothing to project
+    ramp.config["low_ef_guidance"] = {"below": 45.0, "cond_scale": 1.0}
+    torch.testing.assert_close(videos(5.0), torch.cat([unguided[:2], orthogonal[2:]]))
+    with pytest.raises(ValueError, match="guidance_update must be one of"):
+        cascade_config(dict(tiny_config(), guidance_update="parallel"))
+
+
 def test_sampling_rules_of_a_cascade_are_checked(phantom_root):
     """``ef_extrapolation`` and ``counterfactual_systole`` are checked where the config is read, and the asked-for
     interval replaces the anatomy video's own only for counterfactual videos."""
@@ -441,6 +492,10 @@ def test_sampling_rules_of_a_cascade_are_checked(phantom_root):
                 {"above": 100, "span": 15}):
         with pytest.raises(ValueError, match="ef_extrapolation must be"):
             cascade_config(dict(tiny_config(), ef_extrapolation=bad))
+    for bad in ({"below": 45}, {"below": 45, "cond_scale": 0}, {"below": 120, "cond_scale": 1}, [45, 1],
+                {"below": 45, "cond_scale": 1, "above": 60}, {"below": True, "cond_scale": 1}):
+        with pytest.raises(ValueError, match="low_ef_guidance must be"):
+            cascade_config(dict(tiny_config(), low_ef_guidance=bad))
     with pytest.raises(ValueError, match="needs condition_on_systole"):
         cascade_config(dict(tiny_config(), counterfactual_systole=0.4))
     with pytest.raises(ValueError, match=r"in \(0, 2\] s"):

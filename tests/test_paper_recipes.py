@@ -124,7 +124,8 @@ def test_cascade_files_hold_only_what_the_cascade_reads(path):
     assert set(load_params(path)) <= set(CASCADE_KEYS)
     assert set(CASCADE_KEYS) == {"ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
                                  "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole",
-                                 "counterfactual_systole", "ef_extrapolation", "sector_mask"}
+                                 "counterfactual_systole", "ef_extrapolation", "low_ef_guidance", "guidance_update",
+                                 "sector_mask"}
     load_cascade_config(path)
 
 

@@ -162,7 +162,11 @@ def condition_dim(config: dict[str, Any]) -> int:
 #: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
                 "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole", "counterfactual_systole",
-                "ef_extrapolation", "sector_mask")
+                "ef_extrapolation", "low_ef_guidance", "guidance_update", "sector_mask")
+#: classifier-free guidance's update (``guidance_update``): ``full``, Ho & Salimans 2022 as EchoDiffusion sampled
+#: (imagen-pytorch <= 2.0); ``orthogonal``, only its component orthogonal to the conditional prediction
+#: (imagen-pytorch 2.1's default, ``cfg_remove_parallel_component``)
+GUIDANCE_UPDATES = ("full", "orthogonal")
 #: sections of EchoDiffusion's training configs, which its released ``config.yaml`` files are copies of
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
@@ -230,6 +234,16 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
                 0 < extrapolation["span"] < extrapolation["above"] < 100):
             raise ValueError(f"{source}: ef_extrapolation must be {{above: EF %, span: EF %}} with 0 < span < above "
                              f"< 100 (or absent: none), got {extrapolation!r}")
+    if config.get("guidance_update", "full") not in GUIDANCE_UPDATES:
+        raise ValueError(f"{source}: guidance_update must be one of {list(GUIDANCE_UPDATES)} (absent: full, "
+                         f"EchoDiffusion's), got {config['guidance_update']!r}")
+    low = config.get("low_ef_guidance")
+    if low is not None and (not isinstance(low, dict) or set(low) != {"below", "cond_scale"} or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in low.values()) or not (
+            0 < low["below"] <= 100 and low["cond_scale"] > 0)):
+        raise ValueError(f"{source}: low_ef_guidance must be {{below: EF %, cond_scale: stage-1 guidance scale}} with "
+                         f"0 < below <= 100 and cond_scale > 0 (or absent: the caller's scale for every target), got "
+                         f"{low!r}")
     return config
 
 

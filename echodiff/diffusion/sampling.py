@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import itertools
 import math
 import os
@@ -114,23 +116,56 @@ def _solver(model: CascadeModel, solver: str) -> Iterator[None]:
         del model.imagen.one_unet_sample  # back to the class's method
 
 
-def extrapolated_forward(unet: torch.nn.Module, anchor: torch.Tensor, lower: torch.Tensor,
+def per_video_guidance(unet: torch.nn.Module, scale: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """``unet.forward_with_cond_scale`` with one classifier-free guidance scale per video, ``scale`` ``(B,)``: each
+    video gets imagen-pytorch's ``logits + (scale - 1) update`` with ``update = logits - null_logits`` (less its
+    component parallel to ``logits`` when the sampler asks, as imagen's ``sample`` does by default), and ``logits``
+    where its scale is 1. The same two network passes as one shared scale (one when every scale is 1); the
+    ``cond_scale`` the sampler passes is ignored (``scale`` holds it where it applies)."""
+    network = type(unet).forward
+    project = inspect.getmodule(type(unet)).project  # imagen-pytorch's own projection, beside its U-Net class
+
+    def guided(x: torch.Tensor, *args: Any, cond_scale: float | None = None, remove_parallel_component: bool = False,
+               keep_parallel_frac: float = 0.0, **kwargs: Any) -> torch.Tensor:
+        logits = network(unet, x, *args, **kwargs)
+        if bool((scale == 1).all()):
+            return logits
+        update = logits - network(unet, x, *args, cond_drop_prob=1.0, **kwargs)
+        if remove_parallel_component:
+            parallel, orthogonal = project(update, logits)
+            update = orthogonal + parallel * keep_parallel_frac
+        return logits + update * (scale.to(logits).view(-1, *([1] * (logits.ndim - 1))) - 1)
+
+    return guided
+
+
+def stage1_scales(config: dict[str, Any], ef: torch.Tensor, cond_scale: float) -> torch.Tensor | None:
+    """For a cascade with ``low_ef_guidance: {below, cond_scale}``: stage 1's guidance scale per video ``(B,)``, the
+    rule's ``cond_scale`` for a target ``ef`` below ``below`` % and the caller's ``cond_scale`` for the others; None
+    without the rule."""
+    rule = config.get("low_ef_guidance")
+    if rule is None:
+        return None
+    return torch.where(ef < float(rule["below"]), float(rule["cond_scale"]), float(cond_scale))
+
+
+def extrapolated_forward(guided: Callable[..., torch.Tensor], anchor: torch.Tensor, lower: torch.Tensor,
                          weight: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """``unet.forward_with_cond_scale`` extrapolated linearly in EF (the cascade's ``ef_extrapolation``): with
-    ``G(c)`` imagen-pytorch's guided prediction for condition token ``c``, each video gets
-    ``G(anchor) + w (G(anchor) - G(lower))``. ``anchor`` / ``lower``: condition tokens ``(B, 1, D)`` at the target EF
-    capped at ``above`` and at ``above - span`` (:func:`extrapolation_tokens`); they replace the token the sampler
-    passes (the anchor is that token wherever the target is at or below ``above``). ``weight`` ``(B,)``:
-    (target - above) / span, 0 for a target at or below ``above`` (then the prediction is ``G`` at the target itself,
-    as without the option). ``G(lower)`` is computed only when some weight is > 0 (twice the passes then)."""
-    guided = type(unet).forward_with_cond_scale  # the class's method: the instance's is this function
+    """A guided prediction extrapolated linearly in EF (the cascade's ``ef_extrapolation``): with ``G(c)`` the
+    prediction ``guided`` (imagen-pytorch's ``forward_with_cond_scale`` or :func:`per_video_guidance`) makes for
+    condition token ``c``, each video gets ``G(anchor) + w (G(anchor) - G(lower))``. ``anchor`` / ``lower``: condition
+    tokens ``(B, 1, D)`` at the target EF capped at ``above`` and at ``above - span`` (:func:`extrapolation_tokens`);
+    they replace the token the sampler passes (the anchor is that token wherever the target is at or below
+    ``above``). ``weight`` ``(B,)``: (target - above) / span, 0 for a target at or below ``above`` (then the
+    prediction is ``G`` at the target itself, as without the option). ``G(lower)`` is computed only when some weight
+    is > 0 (twice the passes then)."""
 
     def forward(x: torch.Tensor, *args: Any, text_embeds: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        prediction = guided(unet, x, *args, text_embeds=anchor.to(x), **kwargs)
+        prediction = guided(x, *args, text_embeds=anchor.to(x), **kwargs)
         if not bool((weight > 0).any()):
             return prediction
         w = weight.to(prediction).view(-1, *([1] * (prediction.ndim - 1)))
-        return prediction + w * (prediction - guided(unet, x, *args, text_embeds=lower.to(x), **kwargs))
+        return prediction + w * (prediction - guided(x, *args, text_embeds=lower.to(x), **kwargs))
 
     return forward
 
@@ -161,6 +196,20 @@ def _stage1_forward(model: CascadeModel, forward: Callable[..., torch.Tensor] | 
         yield
     finally:
         del unet.forward_with_cond_scale  # back to the class's method
+
+
+def _stage1_prediction(model: CascadeModel, scale: torch.Tensor | None, extrapolation: list[torch.Tensor] | None,
+                       device: torch.device) -> Callable[..., torch.Tensor] | None:
+    """Stage 1's prediction under the cascade's sampling rules for one batch: guidance per video (``scale`` ``(B,)``,
+    :func:`stage1_scales`) and the EF extrapolation (:func:`extrapolation_tokens`); None when neither applies."""
+    if scale is None and extrapolation is None:
+        return None
+    unet = model.imagen.unets[0]
+    guided = (functools.partial(type(unet).forward_with_cond_scale, unet) if scale is None
+              else per_video_guidance(unet, scale.to(device)))
+    if extrapolation is None:
+        return guided
+    return extrapolated_forward(guided, *(tokens.to(device) for tokens in extrapolation))
 
 
 @torch.no_grad()
@@ -194,7 +243,10 @@ def sample(
         solver: ``heun``: imagen-pytorch's EDM sampler (Karras et al. 2022, Algorithm 2; 2 N - 1 network
             evaluations for N steps); ``dpmpp_2m``: DPM-Solver++(2M), deterministic, N evaluations for N steps.
         cond_scale: classifier-free guidance scale, one value or one per stage (EchoDiffusion: 5 for samples, 1
-            for dataset generation); 1 costs one network pass per step instead of two.
+            for dataset generation); 1 costs one network pass per step instead of two. A cascade with
+            ``low_ef_guidance: {below, cond_scale}`` samples stage 1 of a target below ``below`` % at the rule's
+            scale instead (:func:`stage1_scales`). The update is the cascade's ``guidance_update`` (absent: full, as
+            EchoDiffusion; ``orthogonal``: imagen-pytorch 2.1's default).
         seed: makes the result reproducible; the global RNG is left as it was.
         batch_size: videos per forward pass (default: all at once).
         last_stage: stop after this stage (1-based; default: all), e.g. to look at stage 1's low-resolution
@@ -228,6 +280,7 @@ def sample(
         raise ValueError(f"last_stage must be within 1-{model.num_stages}, got {last_stage}")
     out_size = int(model.imagen.image_sizes[last_stage - 1])
     scales = tuple(float(c) for c in _per_stage(model, "cond_scale", cond_scale))
+    stage1 = stage1_scales(model.config, ef, scales[0])
     device = torch.device(device or model.device)
     batch_size = batch_size or anatomy.shape[0]
     outputs = []
@@ -241,13 +294,14 @@ def sample(
             torch.manual_seed(seed)
         for start in range(0, anatomy.shape[0], batch_size):
             chunk = slice(start, start + batch_size)
-            forward = None if extrapolation is None else extrapolated_forward(
-                model.imagen.unets[0], *(tokens[chunk].to(device) for tokens in extrapolation))
+            forward = _stage1_prediction(model, None if stage1 is None else stage1[chunk],
+                                         None if extrapolation is None else [t[chunk] for t in extrapolation], device)
             with _stage1_forward(model, forward):
                 video = model.imagen.sample(
                     text_embeds=embeds[chunk].to(device), cond_images=anatomy[chunk].to(device),
                     video_frames=frames, batch_size=anatomy[chunk].shape[0], cond_scale=scales, use_tqdm=False,
-                    device=device, stop_at_unet_number=last_stage)
+                    device=device, stop_at_unet_number=last_stage,
+                    cfg_remove_parallel_component=model.config.get("guidance_update", "full") == "orthogonal")
             video = output_video(video.float().cpu(), resize(anatomy[chunk], out_size), model.config)
             outputs.append(video.expand(-1, 3, -1, -1, -1))  # grey cascades: 1 -> 3
     return torch.cat(outputs)
