@@ -432,18 +432,22 @@ def test_ef_extrapolation_carries_the_response_on_beyond_the_trained_range():
     assert extrapolated[85.0] > max(plain[85.0] + 0.015, extrapolated[75.0]), (plain, extrapolated)
 
 
+def _guided_toy() -> tuple[CascadeModel, Callable[[float], torch.Tensor]]:
+    """A toy whose brightness rises with EF 25-75 %, and its videos at targets 30, 44.9 and 60 % (same anatomy frames
+    and noise) for a stage-1 guidance scale."""
+    ramp = _toy_model("ef_fourier_clamped", lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50,
+                      steps=40)
+    anatomy = torch.rand(3, 3, 8, 8)
+    return ramp, lambda cond_scale: sample(ramp, anatomy, [30.0, 44.9, 60.0], cond_scale=cond_scale, steps=4,
+                                           churn=0.0, seed=0)
+
+
 def test_low_ef_guidance_samples_low_targets_at_their_own_scale():
     """Guards ``low_ef_guidance`` (docs/generator-experiments.md, E73-E74): stage 1 of a target below ``below`` % is
     sampled at the rule's guidance scale, every other target at the caller's, in one batch and with the same noise:
     each video is the one a whole batch at its scale makes. With ``ef_extrapolation`` too, a target above its anchor
     keeps the caller's scale."""
-    ramp = _toy_model("ef_fourier_clamped", lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50,
-                      steps=40)
-    anatomy, targets = torch.rand(3, 3, 8, 8), [30.0, 44.9, 60.0]
-
-    def videos(cond_scale: float) -> torch.Tensor:
-        return sample(ramp, anatomy, targets, cond_scale=cond_scale, steps=4, churn=0.0, seed=0)
-
+    ramp, videos = _guided_toy()
     unguided, guided = videos(1.0), videos(5.0)
     assert (unguided - guided).abs().amax() > 1e-3  # guidance changes every video of this toy
     ramp.config["low_ef_guidance"] = {"below": 45.0, "cond_scale": 1.0}
@@ -465,13 +469,7 @@ def test_guidance_update_is_echodiffusions_unless_the_cascade_asks_for_imagens_o
     of the guidance update orthogonal to the conditional prediction unless told otherwise; EchoDiffusion sampled with
     the full update (imagen-pytorch <= 2.0), and so does a cascade without the key. Per-video guidance
     (``low_ef_guidance``) makes each video as a whole batch at its scale would under either update."""
-    ramp = _toy_model("ef_fourier_clamped", lambda: torch.rand(16) * 50 + 25, lambda ef: 0.2 + 0.6 * (ef - 25) / 50,
-                      steps=40)
-    anatomy, targets = torch.rand(3, 3, 8, 8), [30.0, 44.9, 60.0]
-
-    def videos(cond_scale: float) -> torch.Tensor:
-        return sample(ramp, anatomy, targets, cond_scale=cond_scale, steps=4, churn=0.0, seed=0)
-
+    ramp, videos = _guided_toy()
     full, unguided = videos(5.0), videos(1.0)
     ramp.config["guidance_update"] = "orthogonal"
     orthogonal = videos(5.0)
