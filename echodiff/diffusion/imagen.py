@@ -171,6 +171,12 @@ GUIDANCE_UPDATES = ("full", "orthogonal")
 _RELEASE_SECTIONS = ("trainer", "dataset", "dataloader", "wandb", "checkpoint")
 
 
+def _number_map(value: Any, keys: set[str]) -> bool:
+    """Whether ``value`` is a mapping of exactly ``keys`` to numbers (not booleans): a sampling rule's shape."""
+    return isinstance(value, dict) and set(value) == keys and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
+
+
 def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade config") -> dict[str, Any]:
     """Check a cascade config and return it with ``frames``, ``fps`` and ``ef_embedding`` set.
 
@@ -229,8 +235,7 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
         raise ValueError(f"{source}: sector_mask must be true or false (absent: false), got {config['sector_mask']!r}")
     extrapolation = config.get("ef_extrapolation")
     if extrapolation is not None:
-        if not isinstance(extrapolation, dict) or set(extrapolation) != {"above", "span"} or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in extrapolation.values()) or not (
+        if not _number_map(extrapolation, {"above", "span"}) or not (
                 0 < extrapolation["span"] < extrapolation["above"] < 100):
             raise ValueError(f"{source}: ef_extrapolation must be {{above: EF %, span: EF %}} with 0 < span < above "
                              f"< 100 (or absent: none), got {extrapolation!r}")
@@ -238,8 +243,7 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
         raise ValueError(f"{source}: guidance_update must be one of {list(GUIDANCE_UPDATES)} (absent: full, "
                          f"EchoDiffusion's), got {config['guidance_update']!r}")
     low = config.get("low_ef_guidance")
-    if low is not None and (not isinstance(low, dict) or set(low) != {"below", "cond_scale"} or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in low.values()) or not (
+    if low is not None and (not _number_map(low, {"below", "cond_scale"}) or not (
             0 < low["below"] <= 100 and low["cond_scale"] > 0)):
         raise ValueError(f"{source}: low_ef_guidance must be {{below: EF %, cond_scale: stage-1 guidance scale}} with "
                          f"0 < below <= 100 and cond_scale > 0 (or absent: the caller's scale for every target), got "

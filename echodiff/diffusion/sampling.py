@@ -124,11 +124,12 @@ def per_video_guidance(unet: torch.nn.Module, scale: torch.Tensor) -> Callable[.
     ``cond_scale`` the sampler passes is ignored (``scale`` holds it where it applies)."""
     network = type(unet).forward
     project = inspect.getmodule(type(unet)).project  # imagen-pytorch's own projection, beside its U-Net class
+    unguided = bool((scale == 1).all())
 
     def guided(x: torch.Tensor, *args: Any, cond_scale: float | None = None, remove_parallel_component: bool = False,
                keep_parallel_frac: float = 0.0, **kwargs: Any) -> torch.Tensor:
         logits = network(unet, x, *args, **kwargs)
-        if bool((scale == 1).all()):
+        if unguided:
             return logits
         update = logits - network(unet, x, *args, cond_drop_prob=1.0, **kwargs)
         if remove_parallel_component:
