@@ -63,7 +63,8 @@ def plan_histogram(real_efs: np.ndarray, target_efs: np.ndarray, bin_width: floa
 def per_bin_mae(frame: pd.DataFrame, bin_width: float) -> plt.Figure:
     """Mean absolute error per true-EF bin of each regressor variant (columns Bin: lower edge %, error, variant)."""
     fig, ax = plt.subplots(figsize=(6, 3))
-    sns.pointplot(frame, x="Bin", y="error", hue="variant", errorbar=None, dodge=0.3, ax=ax)
+    dodge = 0.3 if frame.variant.nunique() > 1 else False  # seaborn divides by zero dodging a single variant
+    sns.pointplot(frame, x="Bin", y="error", hue="variant", errorbar=None, dodge=dodge, ax=ax)
     ax.set(xlabel=f"true EF bin (%, width {bin_width:g})", ylabel="MAE (EF points)",
            title="balanced VAL+TEST: MAE per EF bin")
     return fig

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from echodiff import phantom, plots, preempt, tracking
-from echodiff.config import print_settings, resolve_path, settings, stage_cli
+from echodiff.config import changed_settings, print_settings, resolve_path, settings, stage_cli
 from echodiff.data import DiffusionClips, read_filelist
 from echodiff.data.echonet import FILELIST_COLUMNS, TRACING_COLUMNS
 from echodiff.data.transforms import resize
@@ -262,6 +262,30 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
     return predictions, metrics
 
 
+#: settings a reused reference regressor may differ in: how it was evaluated, cached or checkpointed, and the
+#: variants' synthetic pool, which the reference variant does not train on
+REUSE_IGNORES = ("num_workers", "eval_batch_size", "eval_protocol", "cache_dir", "keep_checkpoints", "resume_from",
+                 "synthetic_roots", "bin_width")
+
+
+def check_same_training(regressor: Any, cfg: EFTrainConfig, source: str) -> None:
+    """Refuse ``regressor`` (read by :func:`echodiff.ef_training.load_regressor`) as the ``reference`` variant
+    unless it was trained with ``cfg``'s settings, epochs and data folder included: else the study would compare
+    variants that differ in more than their training videos."""
+    saved = dict(getattr(regressor, "train_config", None) or {})
+    if not saved:
+        raise ValueError(f"rebalance: {source} records no training settings, so it cannot stand in for the "
+                         "reference variant: set `reference: train`")
+    current = asdict(cfg)
+    for item in (saved, current):
+        item["data_root"] = str(resolve_path(item["data_root"])) if item.get("data_root") else None
+    changed = changed_settings(saved, current, REUSE_IGNORES)
+    if changed:
+        raise ValueError(f"rebalance: {source} was not trained as the reference variant would be "
+                         f"({'; '.join(changed)}): set `reference: train`, or give `ef_train` and `seed` the "
+                         "regressor's settings")
+
+
 @dataclass
 class StudyConfig:
     """The rebalancing study's settings beyond generation (:class:`GenerateConfig`); defaults: the seed's study."""
@@ -276,6 +300,8 @@ class StudyConfig:
         "balance_10pb", "balance_20pb", "balance_50pb", "balance_100pb", "all_samples"])
     variant_bin_width: float = 1.0  # bins of balance_Kpb (%)
     ef_train: dict[str, Any] = field(default_factory=dict)  # EFTrainConfig settings shared by every variant
+    reference: str = "train"  # train: the reference variant is trained like the others; regressor: it IS the
+    # study's `regressor` (stage 01's model), which must have been trained with the reference variant's settings
     eval_per_bin: int = 10  # balanced VAL+TEST set: at most this many videos per eval_bin_width bin
     eval_bin_width: float = 1.0
     report_bin_width: float = 10.0  # per-bin MAE reported in bins this wide
@@ -295,13 +321,14 @@ class Study:
     figures: dict[str, Any]  # plan_histogram, synthetic_frames, per_bin_mae
 
 
-def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str = "",
+def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str = "", regressor_id: str = "",
               progress: bool = True) -> Study:
     """The rebalancing stage with stage-04 ``params`` (:class:`StudyConfig` and :class:`GenerateConfig` keys):
     plan, synthetic dataset (cascade ``model``, candidates selected by ``regressor``), one regressor per variant,
     logged to the active MLflow run (each variant a nested run). Resumable at every step: finished synthetic
-    videos and trained variants are kept under ``out_dir``. Notebook 04, ``python -m echodiff.rebalance`` and
-    ``slurm/rebalance.sbatch`` all call this."""
+    videos and trained variants are kept under ``out_dir``. With ``reference: regressor`` the ``reference``
+    variant is ``regressor`` itself, not trained again (``regressor_id``: where it came from, tagged on that
+    variant's run). Notebook 04, ``python -m echodiff.rebalance`` and ``slurm/rebalance.sbatch`` all call this."""
     cfg = settings(StudyConfig, params, "rebalance parameters")
     out = resolve_path(cfg.out_dir)
     real_efs = train_efs(cfg.data_root)
@@ -315,6 +342,16 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
     mlflow.log_metrics({"train_videos": len(real_efs), "synthetic_targets": len(plan)})
 
     synthetic_root = out / "synthetic"
+    base = {**cfg.ef_train, "data_root": cfg.data_root, "synthetic_roots": [str(synthetic_root)],
+            "bin_width": cfg.variant_bin_width, "seed": cfg.seed, "cache_dir": cfg.cache_dir}
+    if cfg.reference not in ("train", "regressor"):
+        raise ValueError(f"rebalance: reference must be 'train' or 'regressor', got {cfg.reference!r}")
+    if cfg.reference == "regressor":  # checked before any video is generated
+        if "reference" not in cfg.variants:
+            raise ValueError(f"rebalance: `reference: regressor` needs the reference variant in variants, got "
+                             f"{cfg.variants}")
+        check_same_training(regressor, EFTrainConfig.for_variant(base, "reference"),
+                            regressor_id or "the study's regressor")
     synthetic = generate_dataset(model, regressor, plan, synthetic_root, generate_config(params), model_id, progress)
     error = (synthetic.EstimatedEF - synthetic.TargetEF).abs()
     tracking.log_table(synthetic, "synthetic_FileList.csv")
@@ -325,14 +362,16 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
         [f"target {t:.0f}%, read {e:.0f}%" for t, e in zip(shown.TargetEF, shown.EstimatedEF, strict=True)])
     tracking.log_figure(figures["synthetic_frames"], "synthetic_frames.png")
 
-    base = {**cfg.ef_train, "data_root": cfg.data_root, "synthetic_roots": [str(synthetic_root)],
-            "bin_width": cfg.variant_bin_width, "seed": cfg.seed, "cache_dir": cfg.cache_dir}
     results, predictions = [], []
     for variant in cfg.variants:
         train_cfg = EFTrainConfig.for_variant(base, variant)
         n_train = len(train_cfg.train_dataset())
-        with tracking.child_run(variant, {**vars(train_cfg), "variant": variant}, {"echodiff.variant": variant}):
-            trained, _ = train_ef_regressor(train_cfg, out / "regressors" / variant)
+        reused = variant == "reference" and cfg.reference == "regressor"
+        tags = {"echodiff.variant": variant}
+        if reused:
+            tags["echodiff.reference_from"] = regressor_id or "regressor"
+        with tracking.child_run(variant, {**vars(train_cfg), "variant": variant}, tags):
+            trained = regressor if reused else train_ef_regressor(train_cfg, out / "regressors" / variant)[0]
             preds, scores = evaluate_regressor(trained, train_cfg, cfg.eval_per_bin, cfg.eval_bin_width, cfg.ef_range,
                                                cfg.report_bin_width, cfg.seed)
             mlflow.log_metrics({**scores, "train_videos": n_train})
@@ -366,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     model, regressor = load_inputs(params)
     with tracking.stage_run("rebalance", params, run_id=params.get("mlflow_run_id"),
                             experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
-        study = run_study(model, regressor, params, model_id=str(params["model"]))
+        study = run_study(model, regressor, params, model_id=str(params["model"]),
+                          regressor_id=str(params["regressor"]))
     print(study.results[["variant", "train_videos", "val_mae", "test_mae", "balanced_mae"]].round(2).to_string())
     print(f"rebalance: study in {resolve_path(params.get('out_dir', 'outputs/rebalance'))}, MLflow run "
           f"{run.info.run_id}")

@@ -14,7 +14,7 @@ from echodiff import rebalance
 from echodiff.config import repo_root
 from echodiff.data import EchoNetDynamic, read_video, variants
 from echodiff.data.transforms import resize
-from echodiff.ef_training import EFTrainConfig, train_ef_regressor
+from echodiff.ef_training import EFTrainConfig, load_regressor, predict, train_ef_regressor
 
 
 def test_plan_tops_every_bin_up_to_the_requested_count_exactly():
@@ -187,3 +187,43 @@ def test_rebalance_command_line_runs_the_study_in_one_mlflow_run_and_resumes(sav
     rerun = mlflow.get_run(again.stdout.split("MLflow run ")[-1].strip())
     assert rerun.info.run_id != run.info.run_id
     assert rerun.data.metrics["reference_test_mae"] == pytest.approx(run.data.metrics["reference_test_mae"])
+
+
+def test_reference_variant_is_stage_01s_regressor_only_when_trained_as_the_reference_would_be(
+        phantom_root, cascade_and_regressor, tmp_path):
+    """`reference: regressor` scores the study's regressor as the reference variant instead of training an
+    identical one again (the demo's saving), and refuses -- before generating anything -- a regressor trained with
+    any other setting, or one whose checkpoint records none."""
+    model, untrained = cascade_and_regressor
+    ef_train = {"frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
+                "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8}
+    train_ef_regressor(EFTrainConfig.from_params({**ef_train, "data_root": str(phantom_root), "seed": 5}),
+                       tmp_path / "stage01")
+    regressor = load_regressor(tmp_path / "stage01" / "best.pt")
+    params = {"data_root": str(phantom_root), "bin_width": 20.0, "per_bin": 4, "max_targets": 1, "num_noise": 1,
+              "sample_steps": 2, "sample_churn": 0.0, "batch_targets": 1, "variants": ["reference"],
+              "ef_train": ef_train, "eval_per_bin": 2, "seed": 5, "reference": "regressor", "cache_dir": None}
+    mlflow.set_experiment("rebalance-reuse")
+
+    def study(regressor, **changes):
+        with mlflow.start_run():
+            return rebalance.run_study(model, regressor, {**params, "out_dir": str(tmp_path / "out"), **changes},
+                                       regressor_id="stage01/best.pt", progress=False)
+
+    for changes, message in [({"seed": 6}, "seed: 5 -> 6"), ({"ef_train": {**ef_train, "epochs": 2}}, "epochs: 1 -> 2"),
+                             ({"ef_train": {**ef_train, "width": 8}}, "width: 4 -> 8")]:
+        with pytest.raises(ValueError, match=f"stage01/best.pt was not trained as the reference.*{message}"):
+            study(regressor, **changes)
+    with pytest.raises(ValueError, match="records no training settings"):
+        study(untrained)
+    with pytest.raises(ValueError, match="needs the reference variant"):
+        study(regressor, variants=["all_samples"])
+    assert not (tmp_path / "out" / "synthetic").exists()  # every refusal came before generation
+
+    done = study(regressor)
+    assert not (tmp_path / "out" / "regressors").exists()  # nothing trained
+    child = mlflow.search_runs(experiment_names=["rebalance-reuse"], filter_string="tags.`echodiff.variant` = "
+                               "'reference'", order_by=["start_time DESC"]).iloc[0]
+    assert child["tags.echodiff.reference_from"] == "stage01/best.pt"
+    expected = predict(regressor, EFTrainConfig.from_params({**ef_train, "data_root": str(phantom_root)}), "test")
+    assert done.results.test_mae.item() == pytest.approx((expected.EF_pred - expected.EF).abs().mean(), rel=1e-5)

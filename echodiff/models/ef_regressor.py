@@ -123,6 +123,7 @@ def regressor_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpo
         raise ValueError(f"{source}: weights do not fit {config} ({str(exc).splitlines()[0]})") from exc
     train = checkpoint.get("train_config") or {}
     model.clip_spec = {k: train[k] for k in ("frames", "fps", "image_size") if train.get(k) is not None}
+    model.train_config = dict(train)  # the settings it was trained with ({} for a checkpoint that has none)
     return model
 
 
