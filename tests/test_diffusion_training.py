@@ -139,7 +139,8 @@ def test_stage_configs_pair_per_stage_values_with_stages():
         plan(stage=1, steps=1000, batch_size=[8, 4])
 
 
-def test_window_frames_trains_a_stage_on_short_windows(phantom_root, cascade_file, tmp_path):
+def test_window_frames_trains_a_stage_on_short_windows_and_says_what_that_costs(phantom_root, cascade_file, tmp_path,
+                                                                               capsys):
     clip = torch.arange(8.0).view(1, 1, 8, 1, 1).expand(3, 1, 8, 2, 2)
     torch.manual_seed(0)
     short = window(clip, 4)
@@ -152,9 +153,13 @@ def test_window_frames_trains_a_stage_on_short_windows(phantom_root, cascade_fil
     with pytest.raises(ValueError, match=r"multiple of the largest temporal_downsample_factor \(2\)"):
         check_window(DiffusionTrainConfig(window_frames=3),
                      {"frames": 16, "imagen": {"temporal_downsample_factor": [2, 1]}})
+    capsys.readouterr()
     trainer, history = train_stage(_cfg(cascade_file, phantom_root, stage=2, steps=2, window_frames=2),
                                    tmp_path / "w2")
     assert trainer.steps.tolist()[1] == 2 and history.train_loss.notna().all()
+    assert ("stage 2 learns from 2-frame windows but samples 4-frame clips: its temporal layers never relate frames "
+            "more than 1 apart") in capsys.readouterr().out
+    assert check_window(DiffusionTrainConfig(window_frames=4), {"frames": 4, "imagen": {}}) is None  # whole clip
 
 
 def test_a_systole_conditioned_cascade_trains_and_every_stage_samples_it_with_the_videos_interval(

@@ -201,6 +201,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     config = load_cascade_config(cfg.model_config)
     seed_everything(cfg.seed)  # the run's noise and data draws; the initial weights: make_trainer, per stage
     trainer = make_trainer(config, cfg)
+    say = trainer.accelerator.print  # the main process's stdout (ImagenTrainer.print is silent: verbose=False)
     size = int(config["imagen"]["image_sizes"][-1])  # anatomy frames as sampling sees them (see sample())
     path = checkpoint_dir / "trainer.pt"
     # Resume from the last whole checkpoint, refusing one made with another cascade or other settings.
@@ -228,7 +229,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                              "use another checkpoint_dir, pass resume=False to start over, or restore them")
         stage_settings = dict(extra.get("settings", {}))
         set_rng_state(extra["rng"])
-        trainer.print(f"diffusion: resuming stage {cfg.stage} from {source} at step "
+        say(f"diffusion: resuming stage {cfg.stage} from {source} at step "
                       f"{int(trainer.steps[cfg.stage - 1])}")
     if trainer.accelerator.num_processes > 1 and trainer.accelerator.process_index > 0:
         # same initial weights everywhere (above), but each process draws its own noise levels and noise
@@ -238,7 +239,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     data = cascade_clips(config, resolve_path(cfg.data_root), "train", cache, cfg.short_videos)
     val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache, cfg.short_videos)
     if data.dropped_short:
-        trainer.print(f"diffusion: {len(data.dropped_short)} of {len(data) + len(data.dropped_short)} TRAIN videos "
+        say(f"diffusion: {len(data.dropped_short)} of {len(data) + len(data.dropped_short)} TRAIN videos "
                       f"are too short for one clip from its start and left out (short_videos: drop)")
     items, val_items = _Conditioned(data, config), _Conditioned(val, config)  # + ED -> ES intervals, when used
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
@@ -250,9 +251,11 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                            f"are usable ({len(data.dropped_short)} too short and left out); use a smaller batch_size "
                            "or more TRAIN videos")
     per_epoch = len(data) // (cfg.batch_size * processes)  # optimizer steps per epoch
-    check_window(cfg, config)
+    note = check_window(cfg, config)
+    if note:
+        say(note)
     step = int(trainer.steps[cfg.stage - 1])
-    trainer.print(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
+    say(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
                   f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
                   f"device {trainer.device}")
     # Train: one optimizer step per batch; metrics logged and a whole checkpoint written every checkpoint_every.
@@ -298,19 +301,26 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     if ran:
         if saved_at != step:  # stopped early (stop_after_steps) between checkpoints
             save_trainer(trainer, path, config, history, stage_settings, cfg.keep_checkpoints)
-        trainer.print(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
+        say(f"diffusion: stage {cfg.stage} at step {step} ({(time.perf_counter() - start) / ran:.2f} s/step)")
     return trainer, pd.DataFrame(history)
 
 
-def check_window(cfg: DiffusionTrainConfig, config: dict[str, Any]) -> None:
-    """``window_frames`` must fit the clip and divide by every stage's temporal downsampling."""
+def check_window(cfg: DiffusionTrainConfig, config: dict[str, Any]) -> str | None:
+    """``window_frames`` must fit the clip and divide by every stage's temporal downsampling. Returns what a
+    window shorter than the clip costs, for the training log (None for whole clips)."""
     if cfg.window_frames is None:
-        return
+        return None
     factors = config["imagen"].get("temporal_downsample_factor") or [1]
     largest = max(int(f) for f in (factors if isinstance(factors, (list, tuple)) else [factors]))
     if not 1 <= cfg.window_frames <= int(config["frames"]) or cfg.window_frames % largest:
         raise ValueError(f"window_frames={cfg.window_frames} must be within 1-{config['frames']} (the clip) and a "
                          f"multiple of the largest temporal_downsample_factor ({largest})")
+    if cfg.window_frames == int(config["frames"]):
+        return None
+    return (f"diffusion: stage {cfg.stage} learns from {cfg.window_frames}-frame windows but samples "
+            f"{config['frames']}-frame clips: its temporal layers never relate frames more than "
+            f"{cfg.window_frames - 1} apart (the demo's stage 2 on 4-frame windows made detail that changed from frame "
+            "to frame instead of moving with the heart; docs/generator-experiments.md, E77-E78)")
 
 
 def window(clip: torch.Tensor, frames: int | None) -> torch.Tensor:
@@ -318,8 +328,9 @@ def window(clip: torch.Tensor, frames: int | None) -> torch.Tensor:
     the global torch RNG (checkpointed, so a resumed run draws the same); ``None``: the clips unchanged.
 
     For a super-resolution stage: its U-Net is convolutional in time and its temporal attention takes any length,
-    so it can learn from short windows (cost per step ~ frames) and still upsample the whole clip at sampling,
-    where stage 1's full-length video carries the motion."""
+    so it can learn from short windows (cost per step ~ frames) and still upsample the whole clip at sampling. But
+    frames further apart than the window are never related in training: the demo's stage 2 beat less cleanly
+    from 4-frame windows than from whole clips at the same cost (E78)."""
     if frames is None or frames >= clip.shape[2]:
         return clip
     starts = torch.randint(0, clip.shape[2] - frames + 1, (clip.shape[0],))
