@@ -36,7 +36,7 @@ from echodiff.data.variants import bin_of
 from echodiff.data.video import read_video, write_video
 from echodiff.diffusion.imagen import cascade_clips
 from echodiff.diffusion.sampling import sample
-from echodiff.ef_training import EFTrainConfig, predict, train_ef_regressor
+from echodiff.ef_training import RESUMABLE_CHANGES, EFTrainConfig, predict, train_ef_regressor
 from echodiff.evaluation import check_resume_settings, load_inputs, read_text_columns, scale_text
 from echodiff.io import atomic_write_csv
 from echodiff.metrics import regression_metrics
@@ -262,10 +262,9 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
     return predictions, metrics
 
 
-#: settings a reused reference regressor may differ in: how it was evaluated, cached or checkpointed, and the
+#: settings a reused reference regressor may differ in: those a resumed run may change, except its length, and the
 #: variants' synthetic pool, which the reference variant does not train on
-REUSE_IGNORES = ("num_workers", "eval_batch_size", "eval_protocol", "cache_dir", "keep_checkpoints", "resume_from",
-                 "synthetic_roots", "bin_width")
+REUSE_IGNORES = (*(k for k in RESUMABLE_CHANGES if k != "epochs"), "synthetic_roots", "bin_width")
 
 
 def check_same_training(regressor: Any, cfg: EFTrainConfig, source: str) -> None:
@@ -284,6 +283,9 @@ def check_same_training(regressor: Any, cfg: EFTrainConfig, source: str) -> None
         raise ValueError(f"rebalance: {source} was not trained as the reference variant would be "
                          f"({'; '.join(changed)}): set `reference: train`, or give `ef_train` and `seed` the "
                          "regressor's settings")
+
+
+REFERENCES = ("train", "regressor")  # StudyConfig.reference: how the reference variant is made
 
 
 @dataclass
@@ -308,6 +310,13 @@ class StudyConfig:
     seed: int = 0
     cache_dir: str | None = None
     out_dir: str = "outputs/rebalance"
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCES:
+            raise ValueError(f"rebalance: reference must be one of {list(REFERENCES)}, got {self.reference!r}")
+        if self.reference == "regressor" and "reference" not in self.variants:
+            raise ValueError(f"rebalance: `reference: regressor` needs the reference variant in variants, got "
+                             f"{self.variants}")
 
 
 @dataclass
@@ -344,14 +353,9 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
     synthetic_root = out / "synthetic"
     base = {**cfg.ef_train, "data_root": cfg.data_root, "synthetic_roots": [str(synthetic_root)],
             "bin_width": cfg.variant_bin_width, "seed": cfg.seed, "cache_dir": cfg.cache_dir}
-    if cfg.reference not in ("train", "regressor"):
-        raise ValueError(f"rebalance: reference must be 'train' or 'regressor', got {cfg.reference!r}")
+    source = regressor_id or "the study's regressor"
     if cfg.reference == "regressor":  # checked before any video is generated
-        if "reference" not in cfg.variants:
-            raise ValueError(f"rebalance: `reference: regressor` needs the reference variant in variants, got "
-                             f"{cfg.variants}")
-        check_same_training(regressor, EFTrainConfig.for_variant(base, "reference"),
-                            regressor_id or "the study's regressor")
+        check_same_training(regressor, EFTrainConfig.for_variant(base, "reference"), source)
     synthetic = generate_dataset(model, regressor, plan, synthetic_root, generate_config(params), model_id, progress)
     error = (synthetic.EstimatedEF - synthetic.TargetEF).abs()
     tracking.log_table(synthetic, "synthetic_FileList.csv")
@@ -369,7 +373,7 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
         reused = variant == "reference" and cfg.reference == "regressor"
         tags = {"echodiff.variant": variant}
         if reused:
-            tags["echodiff.reference_from"] = regressor_id or "regressor"
+            tags["echodiff.reference_from"] = source
         with tracking.child_run(variant, {**vars(train_cfg), "variant": variant}, tags):
             trained = regressor if reused else train_ef_regressor(train_cfg, out / "regressors" / variant)[0]
             preds, scores = evaluate_regressor(trained, train_cfg, cfg.eval_per_bin, cfg.eval_bin_width, cfg.ef_range,

@@ -229,8 +229,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
                              "use another checkpoint_dir, pass resume=False to start over, or restore them")
         stage_settings = dict(extra.get("settings", {}))
         set_rng_state(extra["rng"])
-        say(f"diffusion: resuming stage {cfg.stage} from {source} at step "
-                      f"{int(trainer.steps[cfg.stage - 1])}")
+        say(f"diffusion: resuming stage {cfg.stage} from {source} at step {int(trainer.steps[cfg.stage - 1])}")
     if trainer.accelerator.num_processes > 1 and trainer.accelerator.process_index > 0:
         # same initial weights everywhere (above), but each process draws its own noise levels and noise
         torch.manual_seed(cfg.seed + 1_000_003 * trainer.accelerator.process_index + int(trainer.steps[cfg.stage - 1]))
@@ -240,7 +239,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
     val = cascade_clips(config, resolve_path(cfg.data_root), "val", cache, cfg.short_videos)
     if data.dropped_short:
         say(f"diffusion: {len(data.dropped_short)} of {len(data) + len(data.dropped_short)} TRAIN videos "
-                      f"are too short for one clip from its start and left out (short_videos: drop)")
+            f"are too short for one clip from its start and left out (short_videos: drop)")
     items, val_items = _Conditioned(data, config), _Conditioned(val, config)  # + ED -> ES intervals, when used
     stage_settings[cfg.stage] = dataclasses.asdict(cfg)
     every = round(1 / cfg.ignore_time) if cfg.ignore_time > 0 else 0
@@ -256,8 +255,7 @@ def train_stage(cfg: DiffusionTrainConfig, checkpoint_dir: str | Path, resume: b
         say(note)
     step = int(trainer.steps[cfg.stage - 1])
     say(f"diffusion: stage {cfg.stage}/{len(trainer.imagen.unets)}, steps {step}..{cfg.steps - 1}, "
-                  f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), "
-                  f"device {trainer.device}")
+        f"{len(data)} TRAIN videos, batch {cfg.batch_size} x {processes} process(es), device {trainer.device}")
     # Train: one optimizer step per batch; metrics logged and a whole checkpoint written every checkpoint_every.
     ran, start, pending, saved_at = 0, time.perf_counter(), [], step  # pending: history rows not yet logged
     bar = tqdm(total=cfg.steps, initial=step, desc=f"stage {cfg.stage}", unit="step", disable=not trainer.is_main,
