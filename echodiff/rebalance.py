@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,20 +240,31 @@ def per_bin_metrics(predictions: pd.DataFrame, bin_width: float = 10.0) -> pd.Da
 
 def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_width: float = 1.0,
                        ef_range: Sequence[float] = (10.0, 90.0), report_bin_width: float = 10.0,
-                       seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+                       seed: int = 0, balanced_root: str | os.PathLike | None = None,
+                       ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Score one regressor variant on the real VAL and TEST splits and the balanced VAL+TEST set.
 
-    Returns the predictions (columns FileName, Split, EF, EF_pred, Balanced) and metrics ``{val,test,
-    balanced}_{mae,rmse,r2,r}`` plus ``balanced_mae_bin_<lo>`` per ``report_bin_width`` bin (same names for every
-    variant, so MLflow's compare view lines them up).
+    The balanced set is drawn from the VAL+TEST videos of ``cfg.data_root`` (the seed's) or, when given, of
+    ``balanced_root``: another real folder whose VAL+TEST hearts cover the EF range, for a dataset whose own VAL+TEST
+    hold too few hearts in the bins that rebalancing fills. Returns the predictions (columns FileName, Split, EF,
+    EF_pred, Root: the folder, Balanced) and metrics ``{val,test,balanced}_{mae,rmse,r2,r}`` plus
+    ``balanced_mae_bin_<lo>`` per ``report_bin_width`` bin (same names for every variant, so MLflow's compare view
+    lines them up).
     """
+    def scored(root: str | os.PathLike) -> pd.DataFrame:
+        on = replace(cfg, data_root=str(root))
+        return pd.concat([predict(model, on, split) for split in ("val", "test")],
+                         ignore_index=True).assign(Root=str(root))
 
-    predictions = pd.concat([predict(model, cfg, split) for split in ("val", "test")], ignore_index=True)
-    balanced = balanced_subset(predictions, balanced_per_bin, bin_width, ef_range, seed)
-    predictions["Balanced"] = predictions.FileName.isin(balanced.FileName)
+    predictions = scored(cfg.data_root)
+    pool = scored(balanced_root) if balanced_root is not None else predictions
+    balanced = balanced_subset(pool, balanced_per_bin, bin_width, ef_range, seed)
+    pool = pool.assign(Balanced=pool.FileName.isin(balanced.FileName))
+    predictions = pool if balanced_root is None else pd.concat(
+        [predictions.assign(Balanced=False), pool[pool.Balanced]], ignore_index=True)
+    own = predictions[predictions.Root == str(cfg.data_root)]
     metrics: dict[str, float] = {}
-    for name, frame in (("val", predictions[predictions.Split == "VAL"]),
-                        ("test", predictions[predictions.Split == "TEST"]), ("balanced", balanced)):
+    for name, frame in (("val", own[own.Split == "VAL"]), ("test", own[own.Split == "TEST"]), ("balanced", balanced)):
         if len(frame) >= 2:
             scores = regression_metrics(frame.EF.to_numpy(), frame.EF_pred.to_numpy(), bootstrap=0)
             metrics.update({f"{name}_{k}": v for k, v in scores.items()})
@@ -305,6 +316,8 @@ class StudyConfig:
     reference: str = "train"  # train: the reference variant is trained like the others; regressor: it IS the
     # study's `regressor` (stage 01's model), which must have been trained with the reference variant's settings
     eval_per_bin: int = 10  # balanced VAL+TEST set: at most this many videos per eval_bin_width bin
+    balanced_root: str | None = None  # the real folder whose VAL+TEST videos the balanced set is drawn from (None:
+    # data_root, the seed's); its hearts must be new to every regressor and to the cascade's TRAIN split
     eval_bin_width: float = 1.0
     report_bin_width: float = 10.0  # per-bin MAE reported in bins this wide
     seed: int = 0
@@ -317,6 +330,20 @@ class StudyConfig:
         if self.reference == "regressor" and "reference" not in self.variants:
             raise ValueError(f"rebalance: `reference: regressor` needs the reference variant in variants, got "
                              f"{self.variants}")
+
+
+def check_balanced_root(cfg: StudyConfig) -> Path | None:
+    """The folder of the balanced VAL+TEST set (None: ``data_root``'s own), checked to hold a FileList.csv."""
+    if cfg.balanced_root is None or resolve_path(cfg.balanced_root) == resolve_path(cfg.data_root):
+        return None
+    root = resolve_path(cfg.balanced_root)
+    if not (root / "FileList.csv").is_file():
+        raise FileNotFoundError(
+            f"rebalance: balanced_root {root} has no FileList.csv. It is the folder whose VAL+TEST hearts make the "
+            "balanced evaluation set: `make demo`'s stage 02 writes data/phantom_uniform (or `python -m "
+            "echodiff.phantom --out data/phantom_uniform --n 400 --seed 1 --ef-range 10 85`); or set "
+            "`balanced_root: null` to draw it from data_root's VAL+TEST")
+    return root
 
 
 @dataclass
@@ -356,6 +383,7 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
     source = regressor_id or "the study's regressor"
     if cfg.reference == "regressor":  # checked before any video is generated
         check_same_training(regressor, EFTrainConfig.for_variant(base, "reference"), source)
+    balanced_root = check_balanced_root(cfg)
     synthetic = generate_dataset(model, regressor, plan, synthetic_root, generate_config(params), model_id, progress)
     error = (synthetic.EstimatedEF - synthetic.TargetEF).abs()
     tracking.log_table(synthetic, "synthetic_FileList.csv")
@@ -377,7 +405,7 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
         with tracking.child_run(variant, {**vars(train_cfg), "variant": variant}, tags):
             trained = regressor if reused else train_ef_regressor(train_cfg, out / "regressors" / variant)[0]
             preds, scores = evaluate_regressor(trained, train_cfg, cfg.eval_per_bin, cfg.eval_bin_width, cfg.ef_range,
-                                               cfg.report_bin_width, cfg.seed)
+                                               cfg.report_bin_width, cfg.seed, balanced_root)
             mlflow.log_metrics({**scores, "train_videos": n_train})
             tracking.log_table(preds, "predictions.csv")
         results.append({"variant": variant, "train_videos": n_train, **scores})

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from echodiff import rebalance
+from echodiff import phantom, rebalance
 from echodiff.config import repo_root
 from echodiff.data import EchoNetDynamic, read_video, variants
 from echodiff.data.transforms import resize
@@ -227,3 +227,37 @@ def test_reference_variant_is_stage_01s_regressor_only_when_trained_as_the_refer
     assert child["tags.echodiff.reference_from"] == "stage01/best.pt"
     expected = predict(regressor, EFTrainConfig.from_params({**ef_train, "data_root": str(phantom_root)}), "test")
     assert done.results.test_mae.item() == pytest.approx((expected.EF_pred - expected.EF).abs().mean(), rel=1e-5)
+
+
+def test_the_balanced_set_can_be_drawn_from_another_folders_val_and_test_hearts(phantom_root, cascade_and_regressor,
+                                                                                tmp_path):
+    """`balanced_root`: the balanced VAL+TEST set comes from another real folder (`make demo`: the uniform-EF
+    phantom whose TRAIN split stage 02 learns from), while VAL and TEST stay data_root's; a missing folder is an
+    error that says where it comes from, raised before any video is generated."""
+    _, regressor = cascade_and_regressor
+    other = tmp_path / "phantom_uniform"
+    phantom.write_phantom(other, n=12, seed=9, ef_range=(10.0, 85.0), workers=1)
+    cfg = EFTrainConfig.from_params({"data_root": str(phantom_root), "frames": 4, "fps": 8.0, "image_size": 16,
+                                     "pad": None, "width": 4, "num_workers": 0, "eval_batch_size": 8})
+    own, own_scores = rebalance.evaluate_regressor(regressor, cfg, 2, 20.0, (10.0, 90.0), 20.0)
+    preds, scores = rebalance.evaluate_regressor(regressor, cfg, 2, 20.0, (10.0, 90.0), 20.0, balanced_root=other)
+
+    held_out = pd.read_csv(other / "FileList.csv")
+    held_out = held_out[held_out.Split.isin(["VAL", "TEST"])]
+    balanced = preds[preds.Balanced]
+    assert len(balanced) and (balanced.Root == str(other)).all()
+    assert set(balanced.FileName) <= set(held_out.FileName)
+    assert balanced.groupby(variants.bin_of(balanced.EF, 20.0)).size().max() <= 2  # at most eval_per_bin per bin
+    natural = preds[preds.Root == str(phantom_root)]
+    pd.testing.assert_frame_equal(natural.drop(columns="Balanced").reset_index(drop=True),
+                                  own.drop(columns="Balanced").reset_index(drop=True))
+    for name in ("val_mae", "test_mae"):
+        assert scores[name] == pytest.approx(own_scores[name])
+    assert scores["balanced_mae"] == pytest.approx((balanced.EF_pred - balanced.EF).abs().mean(), rel=1e-5)
+    assert set(own.FileName[own.Balanced]).isdisjoint(balanced.FileName)
+
+    missing = rebalance.StudyConfig(data_root=str(phantom_root), balanced_root=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere has no FileList.csv.*data/phantom_uniform"):
+        rebalance.check_balanced_root(missing)
+    same = rebalance.StudyConfig(data_root=str(phantom_root), balanced_root=str(phantom_root))
+    assert rebalance.check_balanced_root(same) is None
