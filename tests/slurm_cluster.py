@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,9 +29,18 @@ def available() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now and lies below the kernel's ephemeral range. A port the kernel hands out (bind to 0)
+    can be handed out again, to another test's outgoing connection, before slurmd binds it: once slurmd's port was
+    taken so ("Address already in use"), and the node never came up."""
+    first_ephemeral = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, first_ephemeral - 16384), first_ephemeral)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError(f"no free port below the ephemeral range (from {first_ephemeral})")
 
 
 def _pid(path: Path) -> int | None:

@@ -642,11 +642,10 @@ def _toy_phased_beat(n: int, generator: torch.Generator, random_phase: bool,
     return anatomy, ef, clip
 
 
-def _toy_contraction_slope(random_phase: bool) -> float:
-    """Train a tiny residual, ``ef_fourier`` cascade 150 steps on :func:`_toy_phased_beat` and return the slope of
-    its samples' contraction (range of the centre's darkening) on the true one, over 16 new anatomies and EFs."""
-    from echodiff.diffusion.imagen import training_target
-
+def _train_toy_residual_stage(batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                              ) -> CascadeModel:
+    """A tiny residual, ``ef_fourier`` stage (8 px, 8 frames) trained 150 steps (Adam 3e-3, seed 0) on
+    ``batch(generator)`` -> (anatomy frames, EFs, clips), in eval mode."""
     torch.manual_seed(0)
     config = tiny_config(ef_kind="ef_fourier")
     config["imagen"].update(image_sizes=[8], dynamic_thresholding=False, sigma_data=0.15)
@@ -656,13 +655,19 @@ def _toy_contraction_slope(random_phase: bool) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(150):
-        anatomy, ef, clip = _toy_phased_beat(16, generator, random_phase)
+        anatomy, ef, clip = batch(generator)
         loss = model.imagen(training_target(clip, anatomy, config), text_embeds=ef_embedding(ef, "ef_fourier"),
                             cond_images=anatomy, unet_number=1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval()
+    return model.eval()
+
+
+def _toy_contraction_slope(random_phase: bool) -> float:
+    """Train :func:`_train_toy_residual_stage` on :func:`_toy_phased_beat` and return the slope of its samples'
+    contraction (range of the centre's darkening) on the true one, over 16 new anatomies and EFs."""
+    model = _train_toy_residual_stage(lambda generator: _toy_phased_beat(16, generator, random_phase))
     anatomy, ef, _ = _toy_phased_beat(16, torch.Generator().manual_seed(99), False)
     video = sample(model, anatomy, ef, cond_scale=1.0, steps=8, churn=0.0, seed=0)
     darkening = anatomy[:, 0, 2:6, 2:6].mean((1, 2))[:, None] - video[:, 0, :, 2:6, 2:6].mean((2, 3))
@@ -744,25 +749,10 @@ def _toy_drift(n: int, generator: torch.Generator, frames: int = 8,
 
 
 def _toy_far_frame_error(window_frames: int) -> float:
-    """Train a tiny residual stage 150 steps on :func:`_toy_drift` windows of ``window_frames`` frames (128 frames
+    """Train :func:`_train_toy_residual_stage` on :func:`_toy_drift` windows of ``window_frames`` frames (128 frames
     per step, as E78 compares), sample whole 8-frame clips of 16 new anatomies; return the mean error of frames 4-7,
     which lie further from the anatomy than a short window ever reaches."""
-    torch.manual_seed(0)
-    config = tiny_config(ef_kind="ef_fourier")
-    config["imagen"].update(image_sizes=[8], dynamic_thresholding=False, sigma_data=0.15)
-    config.update(frames=8, channels=1, residual_gain=2.0)
-    config["unets"]["unet1"]["attn_pool_text"] = False
-    model = CascadeModel(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        anatomy, ef, clip = _toy_drift(128 // window_frames, generator, window_frames)
-        loss = model.imagen(training_target(clip, anatomy, config), text_embeds=ef_embedding(ef, "ef_fourier"),
-                            cond_images=anatomy, unet_number=1)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = _train_toy_residual_stage(lambda generator: _toy_drift(128 // window_frames, generator, window_frames))
     anatomy, ef, clip = _toy_drift(16, torch.Generator().manual_seed(99))
     video = sample(model, anatomy, ef, cond_scale=1.0, steps=8, churn=0.0, seed=0)
     return float((video[:, 0, 4:] - clip[:, 0, 4:]).abs().mean())
