@@ -256,15 +256,15 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
         return pd.concat([predict(model, on, split) for split in ("val", "test")],
                          ignore_index=True).assign(Root=str(root))
 
-    predictions = scored(cfg.data_root)
-    pool = scored(balanced_root) if balanced_root is not None else predictions
+    natural = scored(cfg.data_root)
+    pool = scored(balanced_root) if balanced_root is not None else natural
     balanced = balanced_subset(pool, balanced_per_bin, bin_width, ef_range, seed)
     pool = pool.assign(Balanced=pool.FileName.isin(balanced.FileName))
     predictions = pool if balanced_root is None else pd.concat(
-        [predictions.assign(Balanced=False), pool[pool.Balanced]], ignore_index=True)
-    own = predictions[predictions.Root == str(cfg.data_root)]
+        [natural.assign(Balanced=False), pool[pool.Balanced]], ignore_index=True)
     metrics: dict[str, float] = {}
-    for name, frame in (("val", own[own.Split == "VAL"]), ("test", own[own.Split == "TEST"]), ("balanced", balanced)):
+    for name, frame in (("val", natural[natural.Split == "VAL"]), ("test", natural[natural.Split == "TEST"]),
+                        ("balanced", balanced)):
         if len(frame) >= 2:
             scores = regression_metrics(frame.EF.to_numpy(), frame.EF_pred.to_numpy(), bootstrap=0)
             metrics.update({f"{name}_{k}": v for k, v in scores.items()})
