@@ -117,9 +117,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     **dict.fromkeys(("lr", "fps", "bin_width", "variant_bin_width", "eval_bin_width", "report_bin_width",
                      "gif_fps"), (1e-12, None)),
     **dict.fromkeys(("ignore_time", "ema_beta", "momentum"), (0.0, 1.0)),
-    **dict.fromkeys(("weight_decay", "churn", "sample_churn", "cond_scale", "seed", "phantom_seed", "pad",
-                     "num_workers", "ema_update_after_step", "ema_update_every", "chunk", "n_gifs", "n_samples",
-                     "bootstrap", "keep_checkpoints"), (0, None)),
+    **dict.fromkeys(("weight_decay", "churn", "sample_churn", "cond_scale", "seed", "variant_extra_seeds",
+                     "phantom_seed", "pad", "num_workers", "ema_update_after_step", "ema_update_every", "chunk",
+                     "n_gifs", "n_samples", "bootstrap", "keep_checkpoints"), (0, None)),
     **dict.fromkeys(("sample_efs", "ef_range", "phantom_ef_range"), (0.0, 100.0)),
 }
 

@@ -278,6 +278,24 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
 REUSE_IGNORES = (*(k for k in RESUMABLE_CHANGES if k != "epochs"), "synthetic_roots", "bin_width")
 
 
+def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Each variant's MAE metrics over its training seeds (``results``: one row per variant and seed, as
+    :func:`run_study` returns them): columns variant, metric, seeds, mean, min, max and, for every variant but
+    ``reference``, ``seeds_better``: in how many seeds its MAE was below the reference's of the same seed (NaN
+    without a reference variant). A bin's verdict that holds in one seed of three is not one (E82)."""
+    metrics = [c for c in results.columns if c in ("val_mae", "test_mae", "balanced_mae")
+               or c.startswith("balanced_mae_bin_")]
+    long = results.melt(id_vars=["variant", "seed"], value_vars=metrics, var_name="metric", value_name="mae")
+    reference = long[long.variant == "reference"][["seed", "metric", "mae"]].rename(columns={"mae": "reference"})
+    long = long.merge(reference, on=["seed", "metric"], how="left")
+    long["better"] = (long.mae < long.reference).where(long.reference.notna() & (long.variant != "reference"))
+    summary = (long.groupby(["variant", "metric"], sort=False)
+               .agg(seeds=("mae", "count"), mean=("mae", "mean"), min=("mae", "min"), max=("mae", "max"),
+                    seeds_better=("better", lambda b: b.sum() if b.notna().any() else np.nan))
+               .reset_index())
+    return summary
+
+
 def check_same_training(regressor: Any, cfg: EFTrainConfig, source: str) -> None:
     """Refuse ``regressor`` (read by :func:`echodiff.ef_training.load_regressor`) as the ``reference`` variant
     unless it was trained with ``cfg``'s settings, epochs and data folder included: else the study would compare
@@ -315,6 +333,9 @@ class StudyConfig:
     ef_train: dict[str, Any] = field(default_factory=dict)  # EFTrainConfig settings shared by every variant
     reference: str = "train"  # train: the reference variant is trained like the others; regressor: it IS the
     # study's `regressor` (stage 01's model), which must have been trained with the reference variant's settings
+    variant_extra_seeds: list[int] = field(default_factory=list)  # every variant is trained again under each of
+    # these seeds besides `seed` (plan, anatomy frames and balanced set keep `seed`): with ~10 hearts in a bin, one
+    # training seed cannot settle that bin's verdict (docs/generator-experiments.md, E82)
     eval_per_bin: int = 10  # balanced VAL+TEST set: at most this many videos per eval_bin_width bin
     balanced_root: str | None = None  # the real folder whose VAL+TEST videos the balanced set is drawn from (None:
     # data_root, the seed's); its hearts must be new to every regressor and to the cascade's TRAIN split
@@ -330,6 +351,9 @@ class StudyConfig:
         if self.reference == "regressor" and "reference" not in self.variants:
             raise ValueError(f"rebalance: `reference: regressor` needs the reference variant in variants, got "
                              f"{self.variants}")
+        if self.seed in self.variant_extra_seeds or len(set(self.variant_extra_seeds)) < len(self.variant_extra_seeds):
+            raise ValueError(f"rebalance: variant_extra_seeds must be distinct and differ from seed {self.seed}, got "
+                             f"{self.variant_extra_seeds}")
 
 
 def check_balanced_root(cfg: StudyConfig) -> Path | None:
@@ -352,8 +376,10 @@ class Study:
 
     plan: pd.DataFrame  # ID, Bin, TargetEF
     synthetic: pd.DataFrame  # the synthetic dataset's FileList (TargetEF, EstimatedEF, CondImageFileName, ...)
-    results: pd.DataFrame  # one row per variant: train_videos, {val,test,balanced}_{mae,rmse,r2,r}, per-bin MAE
-    predictions: pd.DataFrame  # every variant's VAL/TEST predictions (variant, Balanced columns)
+    results: pd.DataFrame  # one row per variant and training seed: train_videos, {val,test,balanced}_{mae,rmse,r2,r},
+    # per-bin MAE
+    summary: pd.DataFrame  # per variant and metric, over its training seeds (:func:`seed_summary`)
+    predictions: pd.DataFrame  # every variant's VAL/TEST predictions (variant, seed, Balanced columns)
     figures: dict[str, Any]  # plan_histogram, synthetic_frames, per_bin_mae
 
 
@@ -396,30 +422,38 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
 
     results, predictions = [], []
     for variant in cfg.variants:
-        train_cfg = EFTrainConfig.for_variant(base, variant)
-        n_train = len(train_cfg.train_dataset())
-        reused = variant == "reference" and cfg.reference == "regressor"
-        tags = {"echodiff.variant": variant}
-        if reused:
-            tags["echodiff.reference_from"] = source
-        with tracking.child_run(variant, {**vars(train_cfg), "variant": variant}, tags):
-            trained = regressor if reused else train_ef_regressor(train_cfg, out / "regressors" / variant)[0]
-            preds, scores = evaluate_regressor(trained, train_cfg, cfg.eval_per_bin, cfg.eval_bin_width, cfg.ef_range,
-                                               cfg.report_bin_width, cfg.seed, balanced_root)
-            mlflow.log_metrics({**scores, "train_videos": n_train})
-            tracking.log_table(preds, "predictions.csv")
-        results.append({"variant": variant, "train_videos": n_train, **scores})
-        predictions.append(preds.assign(variant=variant))
+        for seed in [cfg.seed, *cfg.variant_extra_seeds]:
+            name = variant if seed == cfg.seed else f"{variant}_seed{seed}"  # run and checkpoint folder
+            train_cfg = EFTrainConfig.for_variant({**base, "seed": seed}, variant)
+            n_train = len(train_cfg.train_dataset())
+            reused = variant == "reference" and cfg.reference == "regressor" and seed == cfg.seed
+            tags = {"echodiff.variant": variant, "echodiff.variant_seed": str(seed)}
+            if reused:
+                tags["echodiff.reference_from"] = source
+            with tracking.child_run(name, {**vars(train_cfg), "variant": variant}, tags):
+                trained = regressor if reused else train_ef_regressor(train_cfg, out / "regressors" / name)[0]
+                preds, scores = evaluate_regressor(trained, train_cfg, cfg.eval_per_bin, cfg.eval_bin_width,
+                                                   cfg.ef_range, cfg.report_bin_width, cfg.seed, balanced_root)
+                mlflow.log_metrics({**scores, "train_videos": n_train})
+                tracking.log_table(preds, "predictions.csv")
+            results.append({"variant": variant, "seed": seed, "train_videos": n_train, **scores})
+            predictions.append(preds.assign(variant=variant, seed=seed))
     results_frame, predictions_frame = pd.DataFrame(results), pd.concat(predictions, ignore_index=True)
+    summary = seed_summary(results_frame)
     tracking.log_table(results_frame, "variants.csv")
+    tracking.log_table(summary, "variant_summary.csv")
     tracking.log_table(predictions_frame, "variant_predictions.csv")
-    mlflow.log_metrics({f"{r.variant}_test_mae": r.test_mae for r in results_frame.itertuples()})
+    mlflow.log_metrics({f"{r.variant}_test_mae" if r.seed == cfg.seed else f"{r.variant}_seed{r.seed}_test_mae":
+                        r.test_mae for r in results_frame.itertuples()})
+    if cfg.variant_extra_seeds:
+        test = summary[summary.metric == "test_mae"]
+        mlflow.log_metrics({f"{r.variant}_seed_mean_test_mae": r.mean for r in test.itertuples()})
     balanced = predictions_frame[predictions_frame.Balanced]
     binned = balanced.assign(Bin=bin_of(balanced.EF, cfg.report_bin_width).astype(int),
                              error=(balanced.EF_pred - balanced.EF).abs())
     figures["per_bin_mae"] = plots.per_bin_mae(binned, cfg.report_bin_width)
     tracking.log_figure(figures["per_bin_mae"], "per_bin_mae.png")
-    return Study(plan, synthetic, results_frame, predictions_frame, figures)
+    return Study(plan, synthetic, results_frame, summary, predictions_frame, figures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                             experiment=params.get("experiment", tracking.DEFAULT_EXPERIMENT)) as run:
         study = run_study(model, regressor, params, model_id=str(params["model"]),
                           regressor_id=str(params["regressor"]))
-    print(study.results[["variant", "train_videos", "val_mae", "test_mae", "balanced_mae"]].round(2).to_string())
+    shown = ["variant", "seed", "train_videos", "val_mae", "test_mae", "balanced_mae"]
+    print(study.results[shown].round(2).to_string())
     print(f"rebalance: study in {resolve_path(params.get('out_dir', 'outputs/rebalance'))}, MLflow run "
           f"{run.info.run_id}")
     return 0

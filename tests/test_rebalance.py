@@ -229,6 +229,71 @@ def test_reference_variant_is_stage_01s_regressor_only_when_trained_as_the_refer
     assert done.results.test_mae.item() == pytest.approx((expected.EF_pred - expected.EF).abs().mean(), rel=1e-5)
 
 
+def test_every_variant_trains_under_the_extra_seeds_and_the_summary_counts_seeds_that_beat_the_reference(
+        phantom_root, cascade_and_regressor, tmp_path):
+    """`variant_extra_seeds`: each variant is trained again under every extra seed (its own folder and nested run),
+    scored on the same balanced set; stage 01's regressor stands in for the reference of `seed` only; the summary
+    gives each metric's mean and range over the seeds and in how many seeds a variant beat the same-seed
+    reference. A seed listed twice, or equal to `seed`, is an error."""
+    model, _ = cascade_and_regressor
+    ef_train = {"frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
+                "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8}
+    train_ef_regressor(EFTrainConfig.from_params({**ef_train, "data_root": str(phantom_root), "seed": 5}),
+                       tmp_path / "stage01")
+    regressor = load_regressor(tmp_path / "stage01" / "best.pt")
+    params = {"data_root": str(phantom_root), "bin_width": 20.0, "per_bin": 4, "max_targets": 2, "num_noise": 1,
+              "sample_steps": 2, "sample_churn": 0.0, "batch_targets": 2, "variants": ["reference", "all_samples"],
+              "ef_train": ef_train, "eval_per_bin": 3, "eval_bin_width": 20.0, "report_bin_width": 20.0, "seed": 5,
+              "reference": "regressor", "variant_extra_seeds": [6, 7], "cache_dir": None,
+              "out_dir": str(tmp_path / "out")}
+    for extra in ([5], [6, 6]):
+        with pytest.raises(ValueError, match="variant_extra_seeds must be distinct and differ from seed 5"):
+            rebalance.StudyConfig(seed=5, variant_extra_seeds=extra)
+    mlflow.set_experiment("rebalance-seeds")
+    with mlflow.start_run() as run:
+        study = rebalance.run_study(model, regressor, params, regressor_id="stage01/best.pt", progress=False)
+
+    results = study.results
+    assert sorted(zip(results.variant, results.seed)) == [("all_samples", s) for s in (5, 6, 7)] + [
+        ("reference", s) for s in (5, 6, 7)]
+    folders = sorted(p.name for p in (tmp_path / "out" / "regressors").iterdir())
+    assert folders == ["all_samples", "all_samples_seed6", "all_samples_seed7", "reference_seed6", "reference_seed7"]
+    for name, seed in (("reference_seed6", 6), ("all_samples_seed7", 7)):
+        assert torch.load(tmp_path / "out" / "regressors" / name / "best.pt",
+                          weights_only=False)["train_config"]["seed"] == seed
+    # every seed's variants were scored on the same balanced hearts
+    balanced = study.predictions[study.predictions.Balanced]
+    sets = balanced.groupby(["variant", "seed"]).FileName.apply(frozenset)
+    assert sets.nunique() == 1 and len(sets.iloc[0]) >= 2
+    children = mlflow.search_runs(experiment_names=["rebalance-seeds"],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(children["tags.mlflow.runName"]) == ["all_samples", "all_samples_seed6", "all_samples_seed7",
+                                                     "reference", "reference_seed6", "reference_seed7"]
+    reused = children[children["tags.echodiff.reference_from"].notna()]
+    assert list(reused["tags.mlflow.runName"]) == ["reference"]
+    assert sorted(children["tags.echodiff.variant_seed"].astype(int)) == [5, 5, 6, 6, 7, 7]
+
+    summary = study.summary.set_index(["variant", "metric"])
+    for variant in ("reference", "all_samples"):
+        rows = results[results.variant == variant]
+        row = summary.loc[(variant, "test_mae")]
+        assert row.seeds == 3 and row["mean"] == pytest.approx(rows.test_mae.mean())
+        assert row["min"] == pytest.approx(rows.test_mae.min()) and row["max"] == pytest.approx(rows.test_mae.max())
+    by_seed = results.set_index(["variant", "seed"])
+    for metric in [m for m in results.columns if m.startswith("balanced_mae")] + ["test_mae", "val_mae"]:
+        expected = sum(by_seed.loc[("all_samples", s), metric] < by_seed.loc[("reference", s), metric]
+                       for s in (5, 6, 7))
+        assert summary.loc[("all_samples", metric), "seeds_better"] == expected
+        assert np.isnan(summary.loc[("reference", metric), "seeds_better"])
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged["reference_test_mae"] == pytest.approx(by_seed.loc[("reference", 5), "test_mae"])
+    assert logged["all_samples_seed7_test_mae"] == pytest.approx(by_seed.loc[("all_samples", 7), "test_mae"])
+    assert logged["all_samples_seed_mean_test_mae"] == pytest.approx(results[results.variant == "all_samples"]
+                                                                     .test_mae.mean())
+    names = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"variants.csv", "variant_summary.csv"} <= names
+
+
 def test_the_balanced_set_can_be_drawn_from_another_folders_val_and_test_hearts(phantom_root, cascade_and_regressor,
                                                                                 tmp_path):
     """`balanced_root`: the balanced VAL+TEST set comes from another real folder (`make demo`: the uniform-EF
