@@ -16,6 +16,16 @@ from echodiff.data import EchoNetDynamic, read_video, variants
 from echodiff.data.transforms import resize
 from echodiff.ef_training import EFTrainConfig, load_regressor, predict, train_ef_regressor
 
+#: a regressor small enough to train in a second on the test phantom
+TINY_EF_TRAIN = {"frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
+                 "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8}
+
+
+def _stage01_regressor(data_root, folder, seed: int):
+    """A TINY_EF_TRAIN regressor trained on ``data_root`` with ``seed`` as stage 01 would, read back from ``folder``."""
+    train_ef_regressor(EFTrainConfig.from_params({**TINY_EF_TRAIN, "data_root": str(data_root), "seed": seed}), folder)
+    return load_regressor(folder / "best.pt")
+
 
 def test_plan_tops_every_bin_up_to_the_requested_count_exactly():
     rng = np.random.default_rng(1)
@@ -158,9 +168,7 @@ def test_rebalance_command_line_runs_the_study_in_one_mlflow_run_and_resumes(sav
     params.write_text(yaml.safe_dump({
         "model": str(cascade), "regressor": str(regressor), "data_root": str(phantom_root), "make_phantom": False,
         "bin_width": 20.0, "per_bin": 4, "max_targets": 3, "num_noise": 2, "sample_steps": 2, "sample_churn": 0.0,
-        "batch_targets": 2, "variants": ["reference", "balance_2pb"], "ef_train": {
-            "frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
-            "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8},
+        "batch_targets": 2, "variants": ["reference", "balance_2pb"], "ef_train": TINY_EF_TRAIN,
         "eval_per_bin": 2, "cache_dir": None, "experiment": "rebalance-cli", "out_dir": str(tmp_path / "out")}))
 
     def cli(*extra: str) -> subprocess.CompletedProcess:
@@ -195,11 +203,7 @@ def test_reference_variant_is_stage_01s_regressor_only_when_trained_as_the_refer
     identical one again (the demo's saving), and refuses -- before generating anything -- a regressor trained with
     any other setting, or one whose checkpoint records none."""
     model, untrained = cascade_and_regressor
-    ef_train = {"frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
-                "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8}
-    train_ef_regressor(EFTrainConfig.from_params({**ef_train, "data_root": str(phantom_root), "seed": 5}),
-                       tmp_path / "stage01")
-    regressor = load_regressor(tmp_path / "stage01" / "best.pt")
+    ef_train, regressor = TINY_EF_TRAIN, _stage01_regressor(phantom_root, tmp_path / "stage01", seed=5)
     params = {"data_root": str(phantom_root), "bin_width": 20.0, "per_bin": 4, "max_targets": 1, "num_noise": 1,
               "sample_steps": 2, "sample_churn": 0.0, "batch_targets": 1, "variants": ["reference"],
               "ef_train": ef_train, "eval_per_bin": 2, "seed": 5, "reference": "regressor", "cache_dir": None}
@@ -236,11 +240,7 @@ def test_every_variant_trains_under_the_extra_seeds_and_the_summary_counts_seeds
     gives each metric's mean and range over the seeds and in how many seeds a variant beat the same-seed
     reference. A seed listed twice, or equal to `seed`, is an error."""
     model, _ = cascade_and_regressor
-    ef_train = {"frames": 4, "fps": 8.0, "image_size": 16, "pad": None, "width": 4, "epochs": 1, "batch_size": 4,
-                "bias": None, "mixed_precision": "no", "num_workers": 0, "eval_batch_size": 8}
-    train_ef_regressor(EFTrainConfig.from_params({**ef_train, "data_root": str(phantom_root), "seed": 5}),
-                       tmp_path / "stage01")
-    regressor = load_regressor(tmp_path / "stage01" / "best.pt")
+    ef_train, regressor = TINY_EF_TRAIN, _stage01_regressor(phantom_root, tmp_path / "stage01", seed=5)
     params = {"data_root": str(phantom_root), "bin_width": 20.0, "per_bin": 4, "max_targets": 2, "num_noise": 1,
               "sample_steps": 2, "sample_churn": 0.0, "batch_targets": 2, "variants": ["reference", "all_samples"],
               "ef_train": ef_train, "eval_per_bin": 3, "eval_bin_width": 20.0, "report_bin_width": 20.0, "seed": 5,
