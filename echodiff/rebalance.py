@@ -278,6 +278,12 @@ def evaluate_regressor(model: Any, cfg: Any, balanced_per_bin: int = 10, bin_wid
 REUSE_IGNORES = (*(k for k in RESUMABLE_CHANGES if k != "epochs"), "synthetic_roots", "bin_width")
 
 
+def variant_run_name(variant: str, seed: int, study_seed: int) -> str:
+    """The name of a variant trained with ``seed``: its nested run, checkpoint folder and metric prefix (the study's
+    own seed keeps the bare variant name, as before ``variant_extra_seeds``)."""
+    return variant if seed == study_seed else f"{variant}_seed{seed}"
+
+
 def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Each variant's MAE metrics over its training seeds (``results``: one row per variant and seed, as
     :func:`run_study` returns them): columns variant, metric, seeds, mean, min, max and, for every variant but
@@ -423,7 +429,7 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
     results, predictions = [], []
     for variant in cfg.variants:
         for seed in [cfg.seed, *cfg.variant_extra_seeds]:
-            name = variant if seed == cfg.seed else f"{variant}_seed{seed}"  # run and checkpoint folder
+            name = variant_run_name(variant, seed, cfg.seed)
             train_cfg = EFTrainConfig.for_variant({**base, "seed": seed}, variant)
             n_train = len(train_cfg.train_dataset())
             reused = variant == "reference" and cfg.reference == "regressor" and seed == cfg.seed
@@ -443,8 +449,8 @@ def run_study(model: Any, regressor: Any, params: dict[str, Any], model_id: str 
     tracking.log_table(results_frame, "variants.csv")
     tracking.log_table(summary, "variant_summary.csv")
     tracking.log_table(predictions_frame, "variant_predictions.csv")
-    mlflow.log_metrics({f"{r.variant}_test_mae" if r.seed == cfg.seed else f"{r.variant}_seed{r.seed}_test_mae":
-                        r.test_mae for r in results_frame.itertuples()})
+    mlflow.log_metrics({f"{variant_run_name(r.variant, r.seed, cfg.seed)}_test_mae": r.test_mae
+                        for r in results_frame.itertuples()})
     if cfg.variant_extra_seeds:
         test = summary[summary.metric == "test_mae"]
         mlflow.log_metrics({f"{r.variant}_seed_mean_test_mae": r.mean for r in test.itertuples()})
