@@ -16,6 +16,7 @@ ones, so an interrupted chunk ends with exactly the rows an uninterrupted one ha
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ from echodiff.metrics import frechet
 from echodiff.metrics.frechet import frechet_distance_of
 from echodiff.metrics.lv_area import AreaJudge, contraction, ed_outline
 from echodiff.metrics.regression import ef_scores
-from echodiff.metrics.video import LPIPS, ssim, temporal_profile
+from echodiff.metrics.video import LPIPS, motion_correlation, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
+from echodiff.phantom import twins, write_hearts
 from echodiff.plots import target_scatter, video_row_gif
 from echodiff.rng import derived_seed
 from echodiff.seg_judge import SegJudge, SegJudgeConfig, fit_seg_judge
@@ -85,6 +87,8 @@ class ScoreConfig:
     cache_dir: str | None = None
     seg_steps: int = 0  # training steps of the segmentation judge (echodiff.seg_judge); 0: no segmentation judge
     seg_videos: int = 1000  # TRAIN videos whose two traced frames it learns from
+    truth: bool = False  # score each candidate against the true video too: the phantom's own heart rendered at the
+    # target EF (echodiff.phantom.twins; needs a phantom data_root): SSIM truth, Motion r, and a still-frame baseline
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ScoreConfig:
@@ -152,6 +156,37 @@ def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torc
     return anatomy, float(ef), clip, target
 
 
+def truth_clips(data: DiffusionClips, indices: Sequence[int], targets: Sequence[float], cfg: ScoreConfig,
+                config: dict[str, Any]) -> torch.Tensor:
+    """The true videos ``(B, 3, T, H, W)`` of ``indices``: each phantom heart rendered again at its target EF
+    (:func:`echodiff.phantom.twins`), written to a temporary EchoNet-format folder and read back through the same
+    loader and window as the real clip (:func:`video_item`); at the heart's own EF, the real clip itself."""
+    names = [str(data.filelist.FileName.iloc[i]) for i in indices]
+    with tempfile.TemporaryDirectory() as folder:
+        write_hearts(folder, twins(resolve_path(cfg.data_root), names, targets), [cfg.split.upper()] * len(names),
+                     workers=1, progress=False)
+        rendered = cascade_clips(config, folder, cfg.split)
+        clips = []
+        for k, index in enumerate(indices):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(cfg.seed, index))
+                clips.append(rendered[k][2])
+    return torch.stack(clips)
+
+
+def truth_scores(videos: torch.Tensor, real: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor,
+                 size: int) -> dict[str, np.ndarray]:
+    """Score columns against the true videos (``(B, C, T, H, W)`` at one size; ``anatomy`` ``(B, C, H, W)``):
+    ``SSIM truth``, ``Motion r`` (:func:`echodiff.metrics.video.motion_correlation` at ``size`` px), and the same
+    for baselines: ``Still SSIM truth`` (the anatomy frame repeated, a video that does not move) and ``Ref Motion r``
+    (the real clip: the same heart at its own EF; 1 in the factual mode)."""
+    still = anatomy[:, :, None].expand_as(truth)
+    return {"SSIM truth": ssim(videos, truth).numpy(),
+            "Motion r": motion_correlation(videos, truth, anatomy, size).numpy(),
+            "Still SSIM truth": ssim(still, truth).numpy(),
+            "Ref Motion r": motion_correlation(real, truth, anatomy, size).numpy()}
+
+
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """A score CSV, checked for the seed's columns."""
     path = Path(path)
@@ -197,6 +232,8 @@ def check_resume_targets(rows: pd.DataFrame, data: DiffusionClips, n: int, cfg: 
                          "max_videos differ): write to another place (or delete it to start over)")
 
 
+#: what ScoreConfig.truth adds (NaN without it): :func:`truth_scores`
+TRUTH_COLUMNS = ["SSIM truth", "Motion r", "Still SSIM truth", "Ref Motion r"]
 #: columns that must agree between a score file and the settings that extend it
 SETTINGS_COLUMNS = ["mode", "solver", "steps", "churn", "sigma_max", "cond_scale", "model_id", "regressor_id"]
 
@@ -300,6 +337,9 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         rows = read_scores(out_csv)
         check_resume_settings(rows, settings, out_csv)
         check_resume_targets(rows, data, n, cfg, out_csv)
+        if cfg.truth and len(rows) and ("Motion r" not in rows or rows["Motion r"].isna().any()):
+            raise ValueError(f"{out_csv} was made with truth: false; with truth: true write to another place (or "
+                             "delete it to start over)")
     if cfg.lpips and lpips_metric is None:
         lpips_metric = LPIPS()
     device = model.device
@@ -337,11 +377,16 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         similarity = ssim(videos, real_rep)
         in_sector = ssim(videos, real_rep, inside=sector_mask(resize(anatomy, real.shape[-1]))[:, 0])
         perceptual = lpips_metric(videos, real_rep) if lpips_metric is not None else torch.full_like(similarity, np.nan)
+        truth = {}
+        if cfg.truth:
+            true = truth_clips(data, batch, [t for *_, t in items], cfg, model.config)
+            truth = truth_scores(videos, real_rep, true.repeat_interleave(cfg.num_noise, 0), anatomy, model.image_size)
         new = pd.DataFrame({
             "FileName": np.repeat(names, cfg.num_noise), "GT EF": targets.numpy(), "Gen EF": gen_ef.numpy(),
             "Ref EF": ref_ef.numpy(), "SSIM": similarity.numpy(), "LPIPS": perceptual.numpy(),
             "SSIM sector": in_sector.numpy(),
             "Area EF": area_ef, "Ref Area EF": ref_area_ef, "Seg EF": seg_ef, "Ref Seg EF": ref_seg_ef,
+            **{c: truth.get(c, np.full(len(names) * cfg.num_noise, np.nan)) for c in TRUTH_COLUMNS},
             "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings,
             "seconds": (time.perf_counter() - start) / (len(batch) * cfg.num_noise)})
         if videos_dir is not None:
@@ -453,7 +498,9 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     ``avg_*``: all candidates. ``best_*`` (EF): the EF-selected candidate per video. SSIM/LPIPS, two protocols:
     ``seed_best_ssim``/``seed_best_lpips`` take each video's best SSIM and best LPIPS independently of each
     other and of the EF selection (the seed's); ``selected_ssim``/``selected_lpips`` are those of the
-    EF-selected candidate (what a user of the feedback loop actually gets).
+    EF-selected candidate (what a user of the feedback loop actually gets). Scored with ``truth``: ``avg_motion_r``
+    and ``avg_ssim_truth`` against the true video, beside ``still_ssim_truth`` (the anatomy frame repeated) and
+    ``ref_motion_r`` (the real clip, the same heart at its own EF).
     """
     out: dict[str, float] = {"videos": float(scores.FileName.nunique()), "candidates": float(len(scores))}
     gt, gen, ref = (scores[c].to_numpy(float) for c in ("GT EF", "Gen EF", "Ref EF"))
@@ -476,6 +523,11 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     if "SSIM sector" in scores and scores["SSIM sector"].notna().all():  # the windows centred inside the scan
         # sector, the black background left out (absent from score files written before it existed)
         out["avg_ssim_sector"] = float(scores["SSIM sector"].mean())
+    if "Motion r" in scores and scores["Motion r"].notna().all():  # against the true video (ScoreConfig.truth)
+        out["avg_motion_r"] = float(scores["Motion r"].mean())
+        out["avg_ssim_truth"] = float(scores["SSIM truth"].mean())
+        out["still_ssim_truth"] = float(per_video["Still SSIM truth"].first().mean())  # a video that does not move
+        out["ref_motion_r"] = float(per_video["Ref Motion r"].first().mean())  # the same heart at its own EF
     out["avg_lpips"] = float(scores.LPIPS.mean())
     out["seed_best_lpips"] = float(per_video.LPIPS.min().mean())
     out["selected_lpips"] = float(best.LPIPS.mean())

@@ -466,9 +466,10 @@ def _checked_settings(root: Path, n: int, seed: int, ef_range: Sequence[float] |
 
 
 def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[str],
-                 workers: int | None = None) -> pd.DataFrame:
+                 workers: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Write ``chosen`` hearts (e.g. :func:`make_heart` at EFs of your choice) in EchoNet-Dynamic's format under
-    ``out``, heart ``i`` in split ``splits[i]``; return the FileList. Resumes and finishes as :func:`write_phantom`."""
+    ``out``, heart ``i`` in split ``splits[i]``; return the FileList. Resumes and finishes as :func:`write_phantom`;
+    ``progress``: say so and show a progress bar."""
     if len(chosen) != len(splits):
         raise ValueError(f"{len(chosen)} hearts but {len(splits)} splits")
     repeated = _repeated_names(chosen)
@@ -480,13 +481,14 @@ def write_hearts(out: str | os.PathLike, chosen: list[Heart], splits: Sequence[s
     videos.mkdir(parents=True, exist_ok=True)
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(h, s, str(videos)) for h, s in zip(chosen, splits, strict=True)]
-    print(f"phantom: writing {len(jobs)} videos to {out} with {workers} worker(s)", flush=True)
+    if progress:
+        print(f"phantom: writing {len(jobs)} videos to {out} with {workers} worker(s)", flush=True)
     if workers == 1:
-        results = [_write_one(j) for j in tqdm(jobs, desc="phantom", unit="video")]
+        results = [_write_one(j) for j in tqdm(jobs, desc="phantom", unit="video", disable=not progress)]
     else:
         with ProcessPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(_write_one, jobs, chunksize=4), total=len(jobs), desc="phantom",
-                                unit="video"))
+                                unit="video", disable=not progress))
     filelist = pd.DataFrame([r for r, _ in results], columns=FILELIST_COLUMNS)
     tracings = pd.DataFrame([t for _, ts in results for t in ts], columns=TRACING_COLUMNS)
     atomic_write_csv(tracings, out / "VolumeTracings.csv")
@@ -513,6 +515,26 @@ def ensure_phantom(root: str | os.PathLike, n: int, seed: int = 0, ef_range: Seq
             "a phantom is written only into a folder whose name contains 'phantom' (e.g. data/phantom)")
     write_phantom(root, n=n, seed=seed, ef_range=ef_range)
     return True
+
+
+def twins(root: str | os.PathLike, names: Sequence[str], efs: Sequence[float]) -> list[Heart]:
+    """The hearts of the phantom at ``root`` named ``names``, drawn again at ``efs`` (%): the same anatomy,
+    acquisition, timing and speckle draws, only the contraction differs (:func:`make_heart` with the same
+    ``(seed, index)``). Rendered, heart ``i`` is the video a perfect generator makes from ``names[i]``'s anatomy
+    frame at target ``efs[i]``; at the heart's own EF it is that video itself. Needs the ``phantom.json`` that
+    :func:`write_phantom` leaves (ValueError without it, or for a name the phantom does not hold)."""
+    root = Path(root)
+    path = root / SETTINGS_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} not found: only a phantom written by echodiff.phantom (make_phantom: true) can "
+                         "render a heart at another EF; for EchoNet-Dynamic set truth: false")
+    drawn = json.loads(path.read_text())
+    all_hearts, _ = hearts(drawn["n"], drawn["seed"], drawn["ef_range"])
+    index = {h.file_name: i for i, h in enumerate(all_hearts)}
+    unknown = [str(n) for n in names if n not in index]
+    if unknown:
+        raise ValueError(f"{path}: the phantom drawn there holds no video {unknown[:3]}: is {root} that phantom?")
+    return [make_heart(drawn["seed"], index[n], float(ef)) for n, ef in zip(names, efs, strict=True)]
 
 
 def prepare(params: Mapping[str, Any]) -> bool:

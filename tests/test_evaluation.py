@@ -17,7 +17,8 @@ from echodiff import evaluation, tracking
 from echodiff.config import repo_root
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
-from echodiff.metrics.video import LPIPS, ssim, temporal_profile
+from echodiff.metrics.video import LPIPS, motion_correlation, ssim, temporal_profile
+from echodiff.phantom import twins, write_hearts
 from echodiff.weights import MissingWeightsError
 
 
@@ -286,6 +287,65 @@ def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade
     data = EchoNetDynamic(tmp_path / "videos", "val", target_type=["EF", "FileName"], length=4, period=1)
     assert len(data) == 2 and data[0][0].shape == (3, 4, 112, 112)
     assert (tmp_path / "videos" / "gifs" / f"{val.FileName[1]}_factual.gif").is_file()
+
+
+def test_motion_correlation_knows_the_same_motion_at_any_amplitude_and_scores_a_still_video_zero():
+    g = torch.Generator().manual_seed(0)
+    anatomy = torch.rand(2, 3, 32, 32, generator=g)
+    motion = torch.randn(2, 1, 6, 32, 32, generator=g).expand(-1, 3, -1, -1, -1)
+    truth = anatomy[:, :, None] + 0.1 * motion
+    still = anatomy[:, :, None].expand_as(truth)
+    other = anatomy[:, :, None] + 0.1 * torch.randn(truth.shape, generator=g)
+    assert torch.allclose(motion_correlation(truth, truth, anatomy, 16), torch.ones(2), atol=1e-5)
+    assert torch.allclose(motion_correlation(anatomy[:, :, None] + 0.03 * motion, truth, anatomy, 16), torch.ones(2),
+                          atol=1e-5)  # the same change from the anatomy frame, smaller
+    assert torch.allclose(motion_correlation(anatomy[:, :, None] - 0.1 * motion, truth, anatomy, 16), -torch.ones(2),
+                          atol=1e-5)
+    assert torch.equal(motion_correlation(still, truth, anatomy, 16), torch.zeros(2))
+    assert motion_correlation(other, truth, anatomy, 16).abs().max() < 0.2
+    with pytest.raises(ValueError, match="one shape"):
+        motion_correlation(truth[:, :, :3], truth, anatomy, 16)
+
+
+def test_truth_scores_each_candidate_against_its_heart_rendered_again_at_the_target(phantom_root,
+                                                                                   cascade_and_regressor, tmp_path):
+    model, regressor = cascade_and_regressor
+    common = dict(data_root=str(phantom_root), num_noise=2, max_videos=2, batch_videos=2, sample_steps=2, truth=True)
+    factual = generate_scores(model, regressor, ScoreConfig(mode="factual", **common), tmp_path / "f.csv",
+                              progress=False)
+    # At the heart's own EF its true video is the real clip itself: the same SSIM, and the real clip's motion is it
+    assert np.allclose(factual["SSIM truth"], factual.SSIM) and np.allclose(factual["Ref Motion r"], 1.0, atol=1e-5)
+    cf = generate_scores(model, regressor, ScoreConfig(mode="counterfactual", **common), tmp_path / "c.csv",
+                         progress=False)
+    data = evaluation._clips(model.config, ScoreConfig(**common))
+    truth = evaluation.truth_clips(data, [0, 1], list(cf["GT EF"][::2]), ScoreConfig(**common), model.config)
+    real = torch.stack([data[i][2] for i in (0, 1)])
+    assert truth.shape == real.shape and not torch.equal(truth, real)  # the same heart, beating at another EF
+    assert (cf["Ref Motion r"] < 0.999).all() and cf["Motion r"].between(-1, 1).all()
+    assert (cf["Still SSIM truth"] > 0).all() and (factual["Still SSIM truth"] < 1).all()
+    s = summarize(cf)
+    assert {"avg_motion_r", "avg_ssim_truth", "still_ssim_truth", "ref_motion_r"} <= set(s)
+    assert s["avg_motion_r"] == pytest.approx(cf["Motion r"].mean())
+    # The phantom's heart re-drawn at a target: the same anatomy and acquisition, its traced EF the target
+    names = list(data.filelist.FileName[:2])
+    hearts = twins(phantom_root, names, [20.0, 80.0])
+    assert [h.file_name for h in hearts] == names and [round(h.ef_target) for h in hearts] == [20, 80]
+    written = write_hearts(tmp_path / "twins", hearts, ["VAL", "VAL"], workers=1, progress=False)
+    assert np.allclose(written.EF, [20.0, 80.0], atol=1e-3)
+
+
+def test_truth_needs_a_phantom_and_is_not_mixed_into_a_score_file_made_without_it(phantom_copy, cascade_and_regressor,
+                                                                                   tmp_path):
+    model, regressor = cascade_and_regressor
+    common = dict(data_root=str(phantom_copy), num_noise=1, max_videos=1, sample_steps=2)
+    generate_scores(model, regressor, ScoreConfig(**common), tmp_path / "s.csv", progress=False)
+    assert generate_scores(model, regressor, ScoreConfig(**common), tmp_path / "s.csv", progress=False)[
+        "Motion r"].isna().all()
+    with pytest.raises(ValueError, match="made with truth: false"):
+        generate_scores(model, regressor, ScoreConfig(**common, truth=True), tmp_path / "s.csv", progress=False)
+    (phantom_copy / "phantom.json").unlink()  # as the real EchoNet-Dynamic: nothing can render its hearts again
+    with pytest.raises(ValueError, match="phantom.json not found.*truth: false"):
+        generate_scores(model, regressor, ScoreConfig(**common, truth=True), tmp_path / "t.csv", progress=False)
 
 
 def test_settings_that_look_missing_still_match_on_resume(phantom_root, cascade_and_regressor, tmp_path):

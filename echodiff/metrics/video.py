@@ -1,7 +1,8 @@
 """Per-video similarity of a generated clip to the real clip of the same window (SSIM, LPIPS), and its motion.
 
 SSIM and LPIPS follow EchoDiffusion's evaluation: SSIM with data range 1 over every frame, LPIPS (VGG) per frame
-on [-1, 1] inputs, averaged over frames. ``temporal_profile`` (ours) says whether a clip beats or flickers.
+on [-1, 1] inputs, averaged over frames. ``temporal_profile`` (ours) says whether a clip beats or flickers, and
+``motion_correlation`` (ours) whether it moves as a known true video does.
 Videos are ``(B, C, T, H, W)`` in [0, 1]; results are ``(B,)``.
 """
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torchvision.models import VGG16_Weights
 
 from echodiff import weights
+from echodiff.data.transforms import resize
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -84,6 +86,20 @@ def temporal_profile(videos: torch.Tensor, fps: float,
     total = power[:, 1:].sum(1)
     fraction = torch.where(total > 0, power[:, in_band].sum(1) / total.clamp_min(1e-20), torch.nan)
     return {"temporal_std": grey.std(1, unbiased=False).mean((1, 2)), "cardiac_fraction": fraction}
+
+
+def motion_correlation(videos: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor, size: int) -> torch.Tensor:
+    """Pearson r, per video, between the motion of ``videos`` and of ``truth``: each frame minus the anatomy frame,
+    area-averaged to ``size`` px, over all pixels and frames. 1: the same change from the anatomy frame, at any
+    amplitude; 0: unrelated (a still video, the anatomy frame repeated, scores 0). ``videos`` and ``truth``
+    ``(B, C, T, H, W)``, ``anatomy`` ``(B, C, H, W)``, all in [0, 1] at one size -> ``(B,)``."""
+    if videos.shape != truth.shape or videos.ndim != 5 or anatomy.shape != (*videos.shape[:2], *videos.shape[-2:]):
+        raise ValueError(f"motion_correlation needs videos and truth (B, C, T, H, W) of one shape and anatomy "
+                         f"(B, C, H, W), got {tuple(videos.shape)}, {tuple(truth.shape)}, {tuple(anatomy.shape)}")
+    still = resize(anatomy.float(), size)[:, :, None]
+    a, b = ((resize(v.float(), size) - still).flatten(1) for v in (videos, truth))
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
 
 
 class LPIPS(torch.nn.Module):
