@@ -146,12 +146,19 @@ def _clips(config: dict[str, Any], cfg: ScoreConfig) -> DiffusionClips:
                          resolve_path(cfg.cache_dir) if cfg.cache_dir else None)
 
 
+def drawn_as(data: DiffusionClips, position: int, index: int,
+             cfg: ScoreConfig) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Item ``position`` of ``data`` (anatomy, EF, clip) drawn as video ``index`` of the split is: its window and
+    anatomy frame depend on (seed, index) only, so a heart rendered again elsewhere gets the same ones."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(cfg.seed, index))
+        return data[position]
+
+
 def video_item(data: DiffusionClips, index: int, cfg: ScoreConfig) -> tuple[torch.Tensor, float, torch.Tensor, float]:
     """The evaluation item of video ``index``: anatomy ``(3, H, W)``, its EF, the real clip ``(3, T, H, W)``
     and the target EF. The window, anatomy frame and counterfactual target depend on (seed, index) only."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(cfg.seed, index))
-        anatomy, ef, clip = data[index]
+    anatomy, ef, clip = drawn_as(data, index, index, cfg)
     target = counterfactual_target(index, scored_videos(data, cfg), cfg) if cfg.mode == "counterfactual" else float(ef)
     return anatomy, float(ef), clip, target
 
@@ -166,12 +173,7 @@ def truth_clips(data: DiffusionClips, indices: Sequence[int], targets: Sequence[
         write_hearts(folder, twins(resolve_path(cfg.data_root), names, targets), [cfg.split.upper()] * len(names),
                      workers=1, progress=False)
         rendered = cascade_clips(config, folder, cfg.split)
-        clips = []
-        for k, index in enumerate(indices):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derived_seed(cfg.seed, index))
-                clips.append(rendered[k][2])
-    return torch.stack(clips)
+        return torch.stack([drawn_as(rendered, k, index, cfg)[2] for k, index in enumerate(indices)])
 
 
 def truth_scores(videos: torch.Tensor, real: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor,
