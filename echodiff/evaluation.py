@@ -392,7 +392,7 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
             "noise": np.tile(np.arange(cfg.num_noise), len(batch)), "seed": seed, "chunk": cfg.chunk, **settings,
             "seconds": (time.perf_counter() - start) / (len(batch) * cfg.num_noise)})
         if videos_dir is not None:
-            _save_videos(videos, real, new, Path(videos_dir), fps or 8.0, cfg.num_noise)
+            _save_videos(videos, real, new, Path(videos_dir), fps or 8.0, cfg.num_noise, [ef for _, ef, *_ in items])
         for k, name in enumerate(names):
             features[(name, -1)] = ref_feat[k].numpy()
             for j in range(cfg.num_noise):
@@ -436,13 +436,19 @@ def to_size(videos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(videos, size=tuple(size), mode="trilinear", align_corners=False).clamp(0, 1)
 
 
+def candidate_label(row: pd.Series | Any) -> str:
+    """A GIF caption for one score row: its target EF and the EF the regressor reads in it, in %."""
+    return f"EF {row['GT EF']:.0f} -> {row['Gen EF']:.0f}"
+
+
 def _save_videos(videos: torch.Tensor, real: torch.Tensor, rows: pd.DataFrame, folder: Path, fps: float,
-                 num_noise: int) -> None:
+                 num_noise: int, real_efs: Sequence[float]) -> None:
     write_avis(videos, folder / "Videos", [f"{r.FileName}_{r['mode']}_{r.noise}" for _, r in rows.iterrows()], fps)
     for k, clip in enumerate(real):
         group = rows.iloc[k * num_noise:(k + 1) * num_noise]
         video_row_gif([clip.numpy(), *videos[k * num_noise:(k + 1) * num_noise].numpy()],
-                      folder / "gifs" / f"{group.FileName.iloc[0]}_{group['mode'].iloc[0]}.gif", fps=fps)
+                      folder / "gifs" / f"{group.FileName.iloc[0]}_{group['mode'].iloc[0]}.gif", fps=fps,
+                      labels=[f"real EF {real_efs[k]:.0f}", *(candidate_label(r) for _, r in group.iterrows())])
 
 
 def write_video_filelist(scores: pd.DataFrame, folder: str | os.PathLike, fps: float, frames: int, size: int,
@@ -642,7 +648,7 @@ class Evaluation:
     paper_table: pd.DataFrame  # ours (best and selected protocols) beside the reference README's rows
     judges: pd.DataFrame  # every EF judge over all candidates
     seg_judge: dict[str, float]  # the segmentation judge's own accuracy on real VAL clips (empty without it)
-    gifs: list[Path]  # original | factual | counterfactual, EF-selected
+    gifs: list[Path]  # real | factual | counterfactual, EF-selected, captioned "EF target -> regressed"
     scatter: Any  # seaborn FacetGrid: regressed vs target EF, all and EF-selected candidates
 
     def metrics(self) -> dict[str, float]:
@@ -730,8 +736,10 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
             real = reals["factual"][i]  # the clip the factual candidates were scored against
             fake = [saved_candidates(picks[m].loc[[name]].reset_index(), out / "videos")[0]
                     for m in ("factual", "counterfactual")]
+            labels = [f"real EF {picks['factual'].loc[name, 'GT EF']:.0f}",
+                      *(candidate_label(picks[m].loc[name]) for m in ("factual", "counterfactual"))]
             gifs.append(video_row_gif([real.numpy(), *(f.numpy() for f in fake)], out / "gifs" / f"{name}.gif",
-                                      fps=fps))
+                                      fps=fps, labels=labels))
     both = pd.concat([rows.assign(mode=m, candidate="all") for m, rows in scores.items()]
                      + [selected[m].assign(mode=m, candidate="EF-selected") for m in scores])
     seg_file = seg_judge_path(score_path(out, next(iter(scores)), 0, chunks))

@@ -274,7 +274,9 @@ def save_generations(generations: Sequence[Generation], explorer: Explorer, fold
         row = [g.anatomy.frame[:, None].expand(-1, g.videos.shape[2], -1, -1).numpy()]
         row += [g.anatomy.clip.numpy()] if g.anatomy.clip is not None else []
         row += [v.numpy() for v in g.videos]
-        paths.append(video_row_gif(row, folder / "gifs" / f"{stem}.gif", explorer.fps))
+        labels = ["anatomy"] + ([f"real EF {g.anatomy.ef:.0f}"] if g.anatomy.clip is not None else [])
+        labels += [f"EF {g.target_ef:.0f} -> {read:.0f}" for read in g.regressed_ef]
+        paths.append(video_row_gif(row, folder / "gifs" / f"{stem}.gif", explorer.fps, labels=labels))
     table = generations_table(generations, explorer)
     paths.append(atomic_write_csv(table, folder / "explore.csv", index=False))
     if log:

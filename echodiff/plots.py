@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,8 @@ from PIL import Image
 
 from echodiff.data.video import to_uint8
 from echodiff.io import atomic_path
+
+CAPTION_PX = 14  # height of the caption band under a labelled GIF row (px)
 
 
 def ef_histogram(filelist: pd.DataFrame, binwidth: float = 2.5) -> plt.Figure:
@@ -137,9 +140,20 @@ def tracing_gif(video: np.ndarray, tracings: dict[int, np.ndarray], path: str | 
     return write_gif(frames, path, fps)
 
 
-def video_row_gif(videos: list[np.ndarray], path: str | os.PathLike, fps: float, size: int = 112) -> Path:
+def video_row_gif(videos: list[np.ndarray], path: str | os.PathLike, fps: float, size: int = 112,
+                  labels: Sequence[str] | None = None) -> Path:
     """GIF of videos side by side: each float ``(3, T, H, W)`` in [0, 1] (e.g. anatomy repeated, real, generated)
-    resized to ``size`` px; videos with fewer frames hold their last frame."""
+    resized to ``size`` px; videos with fewer frames hold their last frame. ``labels``: one caption per video,
+    written in a black band under its tile (at most ``size`` / 8 characters show in full)."""
+    if labels is not None and len(labels) != len(videos):
+        raise ValueError(f"{path}: {len(labels)} labels for {len(videos)} videos; give one per video or none")
+    band = None
+    if labels is not None:  # each caption drawn in its own tile's width, so a long one is cut, not spilled over
+        captions = [np.zeros((CAPTION_PX, size, 3), np.uint8) for _ in labels]
+        for caption, label in zip(captions, labels, strict=True):
+            cv2.putText(caption, str(label), (3, CAPTION_PX - 4), cv2.FONT_HERSHEY_PLAIN, 0.8, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+        band = np.concatenate(captions, axis=1)
     length = max(v.shape[1] for v in videos)
     frames = []
     for t in range(length):
@@ -148,7 +162,8 @@ def video_row_gif(videos: list[np.ndarray], path: str | os.PathLike, fps: float,
             frame = video[:, min(t, video.shape[1] - 1)].transpose(1, 2, 0)
             tiles.append(cv2.resize(to_uint8(torch.from_numpy(np.ascontiguousarray(frame))), (size, size),
                                     interpolation=cv2.INTER_LINEAR))
-        frames.append(np.concatenate(tiles, axis=1))
+        row = np.concatenate(tiles, axis=1)
+        frames.append(row if band is None else np.concatenate([row, band], axis=0))
     return write_gif(frames, path, fps)
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from echodiff import evaluation, tracking
+from echodiff import evaluation, plots, tracking
 from echodiff.config import repo_root
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
@@ -286,7 +286,19 @@ def test_factual_scores_save_videos_readable_by_the_loader(phantom_root, cascade
     evaluation.write_video_filelist(scores, tmp_path / "videos", fps=50.0, frames=4, size=112)
     data = EchoNetDynamic(tmp_path / "videos", "val", target_type=["EF", "FileName"], length=4, period=1)
     assert len(data) == 2 and data[0][0].shape == (3, 4, 112, 112)
-    assert (tmp_path / "videos" / "gifs" / f"{val.FileName[1]}_factual.gif").is_file()
+    gif = Image.open(tmp_path / "videos" / "gifs" / f"{val.FileName[1]}_factual.gif")
+    assert gif.size == (112 * (1 + cfg.num_noise), 112 + plots.CAPTION_PX)  # real | candidates, captioned
+    assert np.asarray(gif.convert("L"))[112:].max() > 200
+
+
+def test_video_row_gif_captions_each_tile_and_refuses_a_label_count_that_does_not_match(tmp_path):
+    videos = [np.zeros((3, 2, 8, 8), np.float32)] * 2
+    path = plots.video_row_gif(videos, tmp_path / "a.gif", fps=4, size=40, labels=["EF 55 -> 52", ""])
+    band = np.asarray(Image.open(path).convert("L"))[40:]
+    assert band.shape == (plots.CAPTION_PX, 80) and band[:, :40].max() > 200 and band[:, 40:].max() == 0
+    assert Image.open(plots.video_row_gif(videos, tmp_path / "b.gif", fps=4, size=40)).size == (80, 40)
+    with pytest.raises(ValueError, match="b.gif: 1 labels for 2 videos"):
+        plots.video_row_gif(videos, tmp_path / "b.gif", fps=4, labels=["x"])
 
 
 def test_motion_correlation_knows_the_same_motion_at_any_amplitude_and_scores_a_still_video_zero():
