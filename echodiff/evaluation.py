@@ -43,7 +43,7 @@ from echodiff.metrics import frechet
 from echodiff.metrics.frechet import frechet_distance_of
 from echodiff.metrics.lv_area import AreaJudge, contraction, ed_outline
 from echodiff.metrics.regression import ef_scores
-from echodiff.metrics.video import LPIPS, motion_correlation, ssim, temporal_profile
+from echodiff.metrics.video import LPIPS, chamber_excess, motion_correlation, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.phantom import twins, write_hearts
 from echodiff.plots import target_scatter, video_row_gif
@@ -179,13 +179,16 @@ def truth_clips(data: DiffusionClips, indices: Sequence[int], targets: Sequence[
 def truth_scores(videos: torch.Tensor, real: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor,
                  size: int) -> dict[str, np.ndarray]:
     """Score columns against the true videos (``(B, C, T, H, W)`` at one size; ``anatomy`` ``(B, C, H, W)``):
-    ``SSIM truth``, ``Motion r`` (:func:`echodiff.metrics.video.motion_correlation` at ``size`` px), and the same
-    for baselines: ``Still SSIM truth`` (the anatomy frame repeated, a video that does not move) and ``Ref Motion r``
-    (the real clip: the same heart at its own EF; 1 in the factual mode)."""
+    ``SSIM truth``, ``Motion r`` (:func:`echodiff.metrics.video.motion_correlation` at ``size`` px), ``Chamber
+    excess`` (:func:`echodiff.metrics.video.chamber_excess`: grey where the true video's chambers are dark), and the
+    same for baselines: ``Still SSIM truth`` and ``Still chamber excess`` (the anatomy frame repeated, a video that
+    does not move) and ``Ref Motion r`` (the real clip: the same heart at its own EF; 1 in the factual mode)."""
     still = anatomy[:, :, None].expand_as(truth)
     return {"SSIM truth": ssim(videos, truth).numpy(),
             "Motion r": motion_correlation(videos, truth, anatomy, size).numpy(),
+            "Chamber excess": chamber_excess(videos, truth, anatomy, size).numpy(),
             "Still SSIM truth": ssim(still, truth).numpy(),
+            "Still chamber excess": chamber_excess(still, truth, anatomy, size).numpy(),
             "Ref Motion r": motion_correlation(real, truth, anatomy, size).numpy()}
 
 
@@ -235,7 +238,8 @@ def check_resume_targets(rows: pd.DataFrame, data: DiffusionClips, n: int, cfg: 
 
 
 #: what ScoreConfig.truth adds (NaN without it): :func:`truth_scores`
-TRUTH_COLUMNS = ["SSIM truth", "Motion r", "Still SSIM truth", "Ref Motion r"]
+TRUTH_COLUMNS = ["SSIM truth", "Motion r", "Chamber excess", "Still SSIM truth", "Still chamber excess",
+                 "Ref Motion r"]
 #: columns that must agree between a score file and the settings that extend it
 SETTINGS_COLUMNS = ["mode", "solver", "steps", "churn", "sigma_max", "cond_scale", "model_id", "regressor_id"]
 
@@ -339,9 +343,10 @@ def generate_scores(model: CascadeModel, regressor: EFRegressor, cfg: ScoreConfi
         rows = read_scores(out_csv)
         check_resume_settings(rows, settings, out_csv)
         check_resume_targets(rows, data, n, cfg, out_csv)
-        if cfg.truth and len(rows) and ("Motion r" not in rows or rows["Motion r"].isna().any()):
-            raise ValueError(f"{out_csv} was made with truth: false; with truth: true write to another place (or "
-                             "delete it to start over)")
+        missing = [c for c in TRUTH_COLUMNS if c not in rows]
+        if cfg.truth and len(rows) and (missing or rows["Motion r"].isna().any()):
+            raise ValueError(f"{out_csv} was made with truth: false (or by an earlier echodiff, without the columns "
+                             f"{missing}); with truth: true write to another place (or delete it to start over)")
     if cfg.lpips and lpips_metric is None:
         lpips_metric = LPIPS()
     device = model.device
@@ -508,7 +513,8 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
     other and of the EF selection (the seed's); ``selected_ssim``/``selected_lpips`` are those of the
     EF-selected candidate (what a user of the feedback loop actually gets). Scored with ``truth``: ``avg_motion_r``
     and ``avg_ssim_truth`` against the true video, beside ``still_ssim_truth`` (the anatomy frame repeated) and
-    ``ref_motion_r`` (the real clip, the same heart at its own EF).
+    ``ref_motion_r`` (the real clip, the same heart at its own EF); ``avg_chamber_excess`` beside
+    ``still_chamber_excess``.
     """
     out: dict[str, float] = {"videos": float(scores.FileName.nunique()), "candidates": float(len(scores))}
     gt, gen, ref = (scores[c].to_numpy(float) for c in ("GT EF", "Gen EF", "Ref EF"))
@@ -536,6 +542,9 @@ def summarize(scores: pd.DataFrame) -> dict[str, float]:
         out["avg_ssim_truth"] = float(scores["SSIM truth"].mean())
         out["still_ssim_truth"] = float(per_video["Still SSIM truth"].first().mean())  # a video that does not move
         out["ref_motion_r"] = float(per_video["Ref Motion r"].first().mean())  # the same heart at its own EF
+        if "Chamber excess" in scores:  # grey where the true chambers are dark; the still video's beside it
+            out["avg_chamber_excess"] = float(scores["Chamber excess"].mean())
+            out["still_chamber_excess"] = float(per_video["Still chamber excess"].first().mean())
     out["avg_lpips"] = float(scores.LPIPS.mean())
     out["seed_best_lpips"] = float(per_video.LPIPS.min().mean())
     out["selected_lpips"] = float(best.LPIPS.mean())

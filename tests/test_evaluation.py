@@ -17,7 +17,7 @@ from echodiff import evaluation, plots, tracking
 from echodiff.config import repo_root
 from echodiff.evaluation import ScoreConfig, generate_scores, merge_scores, select_by_ef, summarize
 from echodiff.metrics import frechet
-from echodiff.metrics.video import LPIPS, motion_correlation, ssim, temporal_profile
+from echodiff.metrics.video import LPIPS, chamber_excess, motion_correlation, ssim, temporal_profile
 from echodiff.phantom import twins, write_hearts
 from echodiff.weights import MissingWeightsError
 
@@ -319,6 +319,21 @@ def test_motion_correlation_knows_the_same_motion_at_any_amplitude_and_scores_a_
         motion_correlation(truth[:, :, :3], truth, anatomy, 16)
 
 
+def test_chamber_excess_measures_grey_where_the_true_chambers_are_dark_inside_the_sector():
+    anatomy = torch.zeros(2, 3, 32, 32)
+    anatomy[:, :, 4:28, 4:28] = 0.5  # the sector
+    anatomy[:, :, 10:20, 10:20] = 0.0  # a chamber inside it
+    truth = anatomy[:, :, None].repeat(1, 1, 4, 1, 1)
+    grey = truth.clone()
+    grey[:, :, :, 10:20, 10:20] = 0.1  # chambers drawn grey
+    grey[:, :, :, :2, :2] = 0.3  # and the background outside the sector: not a chamber
+    assert torch.equal(chamber_excess(truth, truth, anatomy, 32), torch.zeros(2))
+    assert torch.allclose(chamber_excess(grey, truth, anatomy, 32), torch.full((2,), 0.1))
+    assert torch.isnan(chamber_excess(truth, truth.clamp_min(0.5), anatomy, 32)).all()  # no dark pixel: no chamber
+    with pytest.raises(ValueError, match="one shape"):
+        chamber_excess(truth[:, :, :3], truth, anatomy, 16)
+
+
 def test_truth_scores_each_candidate_against_its_heart_rendered_again_at_the_target(phantom_root,
                                                                                    cascade_and_regressor, tmp_path):
     model, regressor = cascade_and_regressor
@@ -336,7 +351,10 @@ def test_truth_scores_each_candidate_against_its_heart_rendered_again_at_the_tar
     assert (cf["Ref Motion r"] < 0.999).all() and cf["Motion r"].between(-1, 1).all()
     assert (cf["Still SSIM truth"] > 0).all() and (factual["Still SSIM truth"] < 1).all()
     s = summarize(cf)
-    assert {"avg_motion_r", "avg_ssim_truth", "still_ssim_truth", "ref_motion_r"} <= set(s)
+    assert {"avg_motion_r", "avg_ssim_truth", "still_ssim_truth", "ref_motion_r", "avg_chamber_excess",
+            "still_chamber_excess"} <= set(s)
+    assert factual["Chamber excess"].notna().all() and cf["Chamber excess"].between(-1, 1).all()
+    assert s["avg_chamber_excess"] == pytest.approx(cf["Chamber excess"].mean())
     assert s["avg_motion_r"] == pytest.approx(cf["Motion r"].mean())
     # The phantom's heart re-drawn at a target: the same anatomy and acquisition, its traced EF the target
     names = list(data.filelist.FileName[:2])

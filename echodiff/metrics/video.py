@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.models import VGG16_Weights
 
 from echodiff import weights
-from echodiff.data.transforms import resize
+from echodiff.data.transforms import resize, sector_mask
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -100,6 +100,23 @@ def motion_correlation(videos: torch.Tensor, truth: torch.Tensor, anatomy: torch
     a, b = ((resize(v.float(), size) - still).flatten(1) for v in (videos, truth))
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+def chamber_excess(videos: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor, size: int,
+                   dark: float = 0.06) -> torch.Tensor:
+    """How much brighter ``videos`` are than ``truth`` where the true video is dark inside the anatomy frame's scan
+    sector (the chambers and blood pools), per video: the mean of video − truth over those pixels of every frame,
+    area-averaged to ``size`` px, in brightness units of [0, 1]. Grey chambers score above 0, the true video 0;
+    NaN for a video without a pixel darker than ``dark``. Shapes as :func:`motion_correlation` -> ``(B,)``."""
+    if videos.shape != truth.shape or videos.ndim != 5 or anatomy.shape != (*videos.shape[:2], *videos.shape[-2:]):
+        raise ValueError(f"chamber_excess needs videos and truth (B, C, T, H, W) of one shape and anatomy "
+                         f"(B, C, H, W), got {tuple(videos.shape)}, {tuple(truth.shape)}, {tuple(anatomy.shape)}")
+    generated, true = (resize(v.float(), size).mean(1) for v in (videos, truth))  # (B, T, size, size), grey
+    inside = sector_mask(resize(anatomy.float(), size))  # (B, 1, size, size)
+    chambers = ((true < dark) & (inside > 0)).float()
+    count = chambers.flatten(1).sum(1)
+    excess = ((generated - true) * chambers).flatten(1).sum(1) / count.clamp_min(1)
+    return torch.where(count > 0, excess, torch.full_like(excess, float("nan")))
 
 
 class LPIPS(torch.nn.Module):
