@@ -46,7 +46,7 @@ from echodiff.metrics.regression import ef_scores
 from echodiff.metrics.video import LPIPS, chamber_excess, motion_correlation, ssim, temporal_profile
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
 from echodiff.phantom import twins, write_hearts
-from echodiff.plots import target_scatter, video_row_gif
+from echodiff.plots import ef_caption, target_scatter, video_row_gif
 from echodiff.rng import derived_seed
 from echodiff.seg_judge import SegJudge, SegJudgeConfig, fit_seg_judge
 from echodiff.tracking import mlflow
@@ -441,11 +441,6 @@ def to_size(videos: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(videos, size=tuple(size), mode="trilinear", align_corners=False).clamp(0, 1)
 
 
-def candidate_label(row: pd.Series | Any) -> str:
-    """A GIF caption for one score row: its target EF and the EF the regressor reads in it, in %."""
-    return f"EF {row['GT EF']:.0f} -> {row['Gen EF']:.0f}"
-
-
 def _save_videos(videos: torch.Tensor, real: torch.Tensor, rows: pd.DataFrame, folder: Path, fps: float,
                  num_noise: int, real_efs: Sequence[float]) -> None:
     write_avis(videos, folder / "Videos", [f"{r.FileName}_{r['mode']}_{r.noise}" for _, r in rows.iterrows()], fps)
@@ -453,7 +448,8 @@ def _save_videos(videos: torch.Tensor, real: torch.Tensor, rows: pd.DataFrame, f
         group = rows.iloc[k * num_noise:(k + 1) * num_noise]
         video_row_gif([clip.numpy(), *videos[k * num_noise:(k + 1) * num_noise].numpy()],
                       folder / "gifs" / f"{group.FileName.iloc[0]}_{group['mode'].iloc[0]}.gif", fps=fps,
-                      labels=[f"real EF {real_efs[k]:.0f}", *(candidate_label(r) for _, r in group.iterrows())])
+                      labels=[ef_caption(real_efs[k], who="real"),
+                              *(ef_caption(r["GT EF"], r["Gen EF"]) for _, r in group.iterrows())])
 
 
 def write_video_filelist(scores: pd.DataFrame, folder: str | os.PathLike, fps: float, frames: int, size: int,
@@ -745,8 +741,9 @@ def report(scores: dict[str, pd.DataFrame], config: dict[str, Any], params: dict
             real = reals["factual"][i]  # the clip the factual candidates were scored against
             fake = [saved_candidates(picks[m].loc[[name]].reset_index(), out / "videos")[0]
                     for m in ("factual", "counterfactual")]
-            labels = [f"real EF {picks['factual'].loc[name, 'GT EF']:.0f}",
-                      *(candidate_label(picks[m].loc[name]) for m in ("factual", "counterfactual"))]
+            labels = [ef_caption(picks["factual"].loc[name, "GT EF"], who="real"),
+                      *(ef_caption(picks[m].loc[name, "GT EF"], picks[m].loc[name, "Gen EF"])
+                        for m in ("factual", "counterfactual"))]
             gifs.append(video_row_gif([real.numpy(), *(f.numpy() for f in fake)], out / "gifs" / f"{name}.gif",
                                       fps=fps, labels=labels))
     both = pd.concat([rows.assign(mode=m, candidate="all") for m, rows in scores.items()]

@@ -39,7 +39,7 @@ from echodiff.evaluation import local_or_run_id
 from echodiff.io import atomic_write_csv
 from echodiff.metrics.lv_area import area_curve, ed_outline
 from echodiff.models.ef_regressor import EFRegressor, regress_ef
-from echodiff.plots import video_row_gif
+from echodiff.plots import ef_caption, video_row_gif
 from echodiff.tracking import mlflow
 
 FRAME_SIZE = 112  # px: EchoNet-Dynamic's frames; uploaded frames are area-resampled to it
@@ -274,8 +274,8 @@ def save_generations(generations: Sequence[Generation], explorer: Explorer, fold
         row = [g.anatomy.frame[:, None].expand(-1, g.videos.shape[2], -1, -1).numpy()]
         row += [g.anatomy.clip.numpy()] if g.anatomy.clip is not None else []
         row += [v.numpy() for v in g.videos]
-        labels = ["anatomy"] + ([f"real EF {g.anatomy.ef:.0f}"] if g.anatomy.clip is not None else [])
-        labels += [f"EF {g.target_ef:.0f} -> {read:.0f}" for read in g.regressed_ef]
+        labels = ["anatomy"] + ([ef_caption(g.anatomy.ef, who="real")] if g.anatomy.clip is not None else [])
+        labels += [ef_caption(g.target_ef, read) for read in g.regressed_ef]
         paths.append(video_row_gif(row, folder / "gifs" / f"{stem}.gif", explorer.fps, labels=labels))
     table = generations_table(generations, explorer)
     paths.append(atomic_write_csv(table, folder / "explore.csv", index=False))

@@ -23,6 +23,13 @@ from echodiff.io import atomic_path
 CAPTION_PX = 14  # height of the caption band under a labelled GIF row (px)
 
 
+def ef_caption(target: float, read: float | None = None, who: str = "") -> str:
+    """A GIF tile's caption: ``EF 85`` (a target, or a real clip's EF with ``who="real"``), or ``EF 85 -> 79`` with
+    the EF the regressor reads in the video; EF in %."""
+    text = f"EF {target:.0f}" + ("" if read is None else f" -> {read:.0f}")
+    return f"{who} {text}" if who else text
+
+
 def ef_histogram(filelist: pd.DataFrame, binwidth: float = 2.5) -> plt.Figure:
     """Histogram of EF (%) per split (TRAIN / VAL / TEST), one panel each."""
     order = [s for s in ("TRAIN", "VAL", "TEST") if s in set(filelist["Split"])]

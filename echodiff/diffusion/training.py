@@ -436,9 +436,9 @@ def sample_gifs(model_dir: Path, params: dict[str, Any], out: Path) -> list[Path
                         cond_scale=params.get("cond_scale", 5.0), seed=i, sigma_max=params.get("sample_sigma_max"),
                         systole=systole)
         row = [anatomy[:, None].numpy(), clip.numpy(), *videos.numpy()]
-        labels = ["anatomy", f"real EF {float(ef):.0f}", *(f"EF {e:.0f}" for e in efs)]
+        labels = ["anatomy", plots.ef_caption(float(ef), who="real"), *(plots.ef_caption(e) for e in efs)]
         gifs.append(plots.video_row_gif(row, out / f"sample_{i}.gif", fps=config["fps"], labels=labels))
-        print(f"sample_{i}.gif: anatomy | real (EF {float(ef):.0f}%) | " + " | ".join(f"EF {e:.0f}%" for e in efs))
+        print(f"sample_{i}.gif: " + " | ".join(labels) + " (EF in %)")
     return gifs
 
 

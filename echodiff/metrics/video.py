@@ -88,14 +88,19 @@ def temporal_profile(videos: torch.Tensor, fps: float,
     return {"temporal_std": grey.std(1, unbiased=False).mean((1, 2)), "cardiac_fraction": fraction}
 
 
+def _check_against_truth(name: str, videos: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor) -> None:
+    """Videos and truth ``(B, C, T, H, W)`` of one shape and their anatomy frames ``(B, C, H, W)``, or an error."""
+    if videos.shape != truth.shape or videos.ndim != 5 or anatomy.shape != (*videos.shape[:2], *videos.shape[-2:]):
+        raise ValueError(f"{name} needs videos and truth (B, C, T, H, W) of one shape and anatomy "
+                         f"(B, C, H, W), got {tuple(videos.shape)}, {tuple(truth.shape)}, {tuple(anatomy.shape)}")
+
+
 def motion_correlation(videos: torch.Tensor, truth: torch.Tensor, anatomy: torch.Tensor, size: int) -> torch.Tensor:
     """Pearson r, per video, between the motion of ``videos`` and of ``truth``: each frame minus the anatomy frame,
     area-averaged to ``size`` px, over all pixels and frames. 1: the same change from the anatomy frame, at any
     amplitude; 0: unrelated (a still video, the anatomy frame repeated, scores 0). ``videos`` and ``truth``
     ``(B, C, T, H, W)``, ``anatomy`` ``(B, C, H, W)``, all in [0, 1] at one size -> ``(B,)``."""
-    if videos.shape != truth.shape or videos.ndim != 5 or anatomy.shape != (*videos.shape[:2], *videos.shape[-2:]):
-        raise ValueError(f"motion_correlation needs videos and truth (B, C, T, H, W) of one shape and anatomy "
-                         f"(B, C, H, W), got {tuple(videos.shape)}, {tuple(truth.shape)}, {tuple(anatomy.shape)}")
+    _check_against_truth("motion_correlation", videos, truth, anatomy)
     still = resize(anatomy.float(), size)[:, :, None]
     a, b = ((resize(v.float(), size) - still).flatten(1) for v in (videos, truth))
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
@@ -108,9 +113,7 @@ def chamber_excess(videos: torch.Tensor, truth: torch.Tensor, anatomy: torch.Ten
     sector (the chambers and blood pools), per video: the mean of video − truth over those pixels of every frame,
     area-averaged to ``size`` px, in brightness units of [0, 1]. Grey chambers score above 0, the true video 0;
     NaN for a video without a pixel darker than ``dark``. Shapes as :func:`motion_correlation` -> ``(B,)``."""
-    if videos.shape != truth.shape or videos.ndim != 5 or anatomy.shape != (*videos.shape[:2], *videos.shape[-2:]):
-        raise ValueError(f"chamber_excess needs videos and truth (B, C, T, H, W) of one shape and anatomy "
-                         f"(B, C, H, W), got {tuple(videos.shape)}, {tuple(truth.shape)}, {tuple(anatomy.shape)}")
+    _check_against_truth("chamber_excess", videos, truth, anatomy)
     generated, true = (resize(v.float(), size).mean(1) for v in (videos, truth))  # (B, T, size, size), grey
     inside = sector_mask(resize(anatomy.float(), size))  # (B, 1, size, size)
     chambers = ((true < dark) & (inside > 0)).float()
