@@ -794,3 +794,28 @@ def test_condition_on_systole_is_required_when_trained_and_refused_otherwise():
     with pytest.raises(ValueError, match="pass systole"):
         sample(model, torch.rand(1, 3, 16, 16), 50.0, steps=2)
     assert sample(model, torch.rand(1, 3, 16, 16), 50.0, steps=2, systole=0.3).shape == (1, 3, 4, 16, 16)
+
+
+def test_frame_resize_take_keeps_the_systolic_frame_that_area_averages_away():
+    """``frame_resize: take`` (docs/generator-experiments.md, E39, E90): imagen-pytorch resizes a video's three axes
+    with one ``resize_mode``, so with ``area`` a stage at half the frame rate learns frame pairs' means and a one-frame
+    end-systole loses half its depth; taking frames keeps frame 0 (the traced ED frame) and every other frame whole,
+    space still by ``resize_mode``. The cascade trains and samples with it; another value is refused."""
+    config = tiny_config(stages=2)
+    config["frames"] = 8
+    config["imagen"].update(temporal_downsample_factor=[2, 1], resize_mode="area")
+    beat = torch.ones(8)
+    beat[2] = 0.2  # a bright cavity wall that narrows for one frame (end-systole), on an even frame
+    video = beat.view(1, 1, 8, 1, 1).expand(1, 3, 8, 16, 16).contiguous()
+    averaged = build_imagen(cascade_config(config), seed=0).resize_to(video, 8, target_frames=4)
+    taken = build_imagen(cascade_config(dict(config, frame_resize="take")), seed=0).resize_to(video, 8, target_frames=4)
+    assert averaged.shape == taken.shape == (1, 3, 4, 8, 8)
+    torch.testing.assert_close(averaged[0, 0, :, 0, 0], torch.tensor([1.0, 0.6, 1.0, 1.0]))
+    torch.testing.assert_close(taken[0, 0, :, 0, 0], torch.tensor([1.0, 0.2, 1.0, 1.0]))
+    model = CascadeModel(cascade_config(dict(config, frame_resize="take")), seed=0)
+    loss = model.imagen(video[:, :, :, :16, :16] * 2 - 1, text_embeds=ef_embedding([50.0]),
+                        cond_images=video[:, :, 0], unet_number=1)
+    assert torch.isfinite(loss)
+    assert sample(model.eval(), video[:, :, 0], 50.0, steps=2).shape == (1, 3, 8, 16, 16)
+    with pytest.raises(ValueError, match="frame_resize must be one of"):
+        cascade_config(dict(config, frame_resize="nearest"))

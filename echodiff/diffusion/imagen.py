@@ -11,6 +11,7 @@ Config (a mapping, as EchoDiffusion's ``diffusion/configs/*.yaml``)::
     anatomy_frame: ed            # optional: condition on the traced end-diastolic frame, not a random clip frame
     clip_start: ed               # optional: every clip begins at the traced end-diastolic frame, not a random one
     condition_on_systole: true   # optional: the condition token also carries the anatomy video's ED -> ES interval
+    frame_resize: take           # optional: change a video's frame count by taking frames, not by resize_mode
 
 Video tensors are ``(B, C, T, H, W)`` in [0, 1]; EF is in %.
 """
@@ -162,7 +163,11 @@ def condition_dim(config: dict[str, Any]) -> int:
 #: the top-level keys of a cascade config (``params/cascades/*.yaml``, a model folder's ``config.yaml``)
 CASCADE_KEYS = ("ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
                 "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole", "counterfactual_systole",
-                "ef_extrapolation", "low_ef_guidance", "guidance_update", "sector_mask")
+                "ef_extrapolation", "low_ef_guidance", "guidance_update", "sector_mask", "frame_resize")
+#: how a video's frame count changes between stages (``frame_resize``): ``resize_mode`` (absent), imagen-pytorch's one
+#: interpolation of all three axes (``area`` averages a stage's frame pairs); ``take``, frames ``floor(i T / T')`` are
+#: taken (the first, the clip's traced ED frame, kept) and only space is resized by ``resize_mode``
+FRAME_RESIZES = ("resize_mode", "take")
 #: classifier-free guidance's update (``guidance_update``): ``full``, Ho & Salimans 2022 as EchoDiffusion sampled
 #: (imagen-pytorch <= 2.0); ``orthogonal``, only its component orthogonal to the conditional prediction
 #: (imagen-pytorch 2.1's default, ``cfg_remove_parallel_component``)
@@ -231,6 +236,9 @@ def cascade_config(config: dict[str, Any], source: str | os.PathLike = "cascade 
         if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not 0 < asked <= 2:
             raise ValueError(f"{source}: counterfactual_systole must be an ED -> ES interval in (0, 2] s (or absent: "
                              f"each anatomy video's own), got {asked!r}")
+    if config.get("frame_resize", "resize_mode") not in FRAME_RESIZES:
+        raise ValueError(f"{source}: frame_resize must be one of {list(FRAME_RESIZES)} (absent: resize_mode, "
+                         f"imagen-pytorch's interpolation of all three axes), got {config['frame_resize']!r}")
     if not isinstance(config.get("sector_mask", False), bool):
         raise ValueError(f"{source}: sector_mask must be true or false (absent: false), got {config['sector_mask']!r}")
     extrapolation = config.get("ef_extrapolation")
@@ -308,10 +316,25 @@ def build_imagen(config: dict[str, Any], seed: int | None = None) -> torch.nn.Mo
             torch.manual_seed(stage_seed(seed, i + 1))
             unets.append(imagen_pytorch.Unet3D(**unet, lowres_cond=i > 0))
     imagen = imagen_pytorch.ElucidatedImagen(unets=unets, **hparams)
+    if config.get("frame_resize", "resize_mode") == "take":
+        imagen.resize_to = functools.partial(resize_taking_frames, mode=hparams.get("resize_mode", "nearest"))
     if config.get("lowres_noise_max") is not None:
         imagen.lowres_noise_schedule.sample_random_times = functools.partial(
             _lowres_training_times, float(config["lowres_noise_max"]))
     return imagen
+
+
+def resize_taking_frames(video: torch.Tensor, target_image_size: int, target_frames: int | None = None,
+                         clamp_range: tuple[float, float] | None = None, mode: str = "nearest") -> torch.Tensor:
+    """``video`` ``(B, C, T, H, W)`` with ``target_frames`` frames ``floor(i T / target_frames)`` (all when None) at
+    ``target_image_size`` px, space resized by ``mode``: imagen-pytorch's ``resize_video_to`` for ``frame_resize:
+    take``. Halving 16 frames keeps frames 0, 2, 4, ... where ``area`` would average pairs (which loses a quarter of
+    a 4-fps beat's contraction: docs/generator-experiments.md, E39); doubling repeats each frame, as ``area`` does."""
+    frames = video.shape[2]
+    target = frames if target_frames is None else int(target_frames)
+    if target != frames:
+        video = video[:, :, (torch.arange(target, device=video.device) * frames) // target]
+    return import_imagen().imagen_video.resize_video_to(video, target_image_size, clamp_range=clamp_range, mode=mode)
 
 
 def _lowres_training_times(top: float, batch_size: int, *, device: torch.device) -> torch.Tensor:
