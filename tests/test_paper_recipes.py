@@ -125,7 +125,7 @@ def test_cascade_files_hold_only_what_the_cascade_reads(path):
     assert set(CASCADE_KEYS) == {"ef_embedding", "channels", "frames", "fps", "unets", "imagen", "residual_gain",
                                  "lowres_noise_max", "anatomy_frame", "clip_start", "condition_on_systole",
                                  "counterfactual_systole", "ef_extrapolation", "low_ef_guidance", "guidance_update",
-                                 "sector_mask"}
+                                 "sector_mask", "frame_resize"}
     load_cascade_config(path)
 
 
