@@ -7,11 +7,10 @@ PYTHON ?= python3
 
 .PHONY: install test demo lab lint clean-demo slurm-deps browser-deps
 
-$(STAMP): requirements.lock pyproject.toml
+# uv installs the lock file and echodiff (editable) from the sources pip is configured with: echodiff/install.py.
+$(STAMP): requirements.lock pyproject.toml echodiff/install.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) echodiff/install.py requirements.lock
 	@touch $(STAMP)
 
 install: $(STAMP)
