@@ -307,9 +307,15 @@ def _speckle(rng: np.random.Generator, sigma: float = 0.7) -> np.ndarray:
     return amp / amp.mean()
 
 
-def render_frame(heart: Heart, frame: int, static: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One grey frame ``(H, W)`` uint8: the fan, four chambers, walls, valves and speckle."""
-    c = float(contraction(frame / heart.fps, heart))
+def _mitral_open(heart: Heart, frame: int) -> bool:
+    """Whether the mitral leaflets are open on ``frame`` (from rapid filling to the end of the atrial kick)."""
+    tau = ((frame / heart.fps - heart.first_ed) / heart.period) % 1.0
+    return _RAPID_FILLING[0] <= tau < _ATRIAL_KICK[1]
+
+
+def _anatomy(heart: Heart, c: float, opening: bool) -> np.ndarray:
+    """The noiseless frame ``(H, W)`` at contraction ``c``: four chambers, walls and the mitral leaflets (``opening``:
+    open towards the apex, else closed across the base), before speckle, attenuation and the fan."""
     lv = lv_shape(heart, c)
     wall = heart.wall * (1.0 + 0.35 * c)  # the myocardium thickens in systole
     u, v = _local(lv.base, -lv.axis, lv.normal)
@@ -341,8 +347,6 @@ def render_frame(heart: Heart, frame: int, static: np.ndarray, rng: np.random.Ge
     image = image * (1.0 - blood) + 0.035 * blood
 
     # Mitral leaflets: open towards the apex while the LV fills, closed across the base otherwise.
-    tau = ((frame / heart.fps - heart.first_ed) / heart.period) % 1.0
-    opening = _RAPID_FILLING[0] <= tau < _ATRIAL_KICK[1]
     leaflet = 0.45 * lv.width
     for side in (-1.0, 1.0):
         hinge = lv.base + side * lv.width * lv.normal
@@ -350,11 +354,31 @@ def render_frame(heart: Heart, frame: int, static: np.ndarray, rng: np.random.Ge
         leaflet_line = _segment_distance(hinge, hinge + leaflet * tip_dir)
         image = np.maximum(image, 0.8 * _coverage(leaflet_line - 0.9))
 
+    return image
+
+
+def _beam(heart: Heart) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The acquisition's fixed maps ``(H, W)``: the sector's coverage, the attenuation with depth and the
+    time-gain ramp."""
     fan, depth = _fan(heart)
+    return fan, np.exp(-heart.attenuation * depth), 1.0 + 0.004 * depth
+
+
+def _acquire(image: np.ndarray, heart: Heart, beam: tuple[np.ndarray, np.ndarray, np.ndarray], static: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """``image`` (:func:`_anatomy`) as the scanner shows it: speckle (``static`` plus a fresh draw from ``rng``),
+    gain, attenuation and the sector, as uint8 ``(H, W)``."""
+    fan, falloff, ramp = beam
     speckle = 0.65 * static + 0.35 * _speckle(rng)
-    image = image * speckle * heart.gain * np.exp(-heart.attenuation * depth) * (1.0 + 0.004 * depth)
+    image = image * speckle * heart.gain * falloff * ramp
     image = np.clip(image, 0.0, 1.0) * fan
     return (image * 255.0 + 0.5).astype(np.uint8)
+
+
+def render_frame(heart: Heart, frame: int, static: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One grey frame ``(H, W)`` uint8: the fan, four chambers, walls, valves and speckle."""
+    anatomy = _anatomy(heart, float(contraction(frame / heart.fps, heart)), _mitral_open(heart, frame))
+    return _acquire(anatomy, heart, _beam(heart), static, rng)
 
 
 def traced_frames(heart: Heart) -> tuple[int, int]:
@@ -378,7 +402,15 @@ def render_video(heart: Heart) -> np.ndarray:
     """The whole video as uint8 ``(C=3, T, H, W)`` (grey copied into 3 channels)."""
     rng = np.random.default_rng(heart.speckle_seed)
     static = _speckle(rng)
-    frames = np.stack([render_frame(heart, f, static, rng) for f in range(heart.n_frames)])
+    beam = _beam(heart)
+    anatomy: dict[tuple[float, bool], np.ndarray] = {}  # frames at one phase share the anatomy (plateaus of c)
+    frames = []
+    for f in range(heart.n_frames):
+        phase = (float(contraction(f / heart.fps, heart)), _mitral_open(heart, f))
+        if phase not in anatomy:
+            anatomy[phase] = _anatomy(heart, *phase)
+        frames.append(_acquire(anatomy[phase], heart, beam, static, rng))
+    frames = np.stack(frames)
     return np.broadcast_to(frames[None], (3, *frames.shape)).copy()
 
 

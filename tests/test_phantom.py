@@ -188,3 +188,17 @@ def test_ef_range_draws_every_ef_alike_and_a_folder_keeps_the_settings_it_was_dr
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (pd.read_csv(tmp_path / "cli_phantom" / "FileList.csv").EF == filelist.EF).all()  # one draw, either way
+
+
+def test_render_video_shares_anatomy_across_a_phase_without_changing_a_frame():
+    """render_video computes each phase's anatomy once (c's plateaus repeat it); every frame must still be exactly
+    what render_frame draws with the same speckle stream, and the plateau frames must still differ in speckle."""
+    heart = phantom.hearts(3, 3)[0][0]
+    video = phantom.render_video(heart)[0]
+    rng = np.random.default_rng(heart.speckle_seed)
+    static = phantom._speckle(rng)
+    frames = np.stack([phantom.render_frame(heart, f, static, rng) for f in range(heart.n_frames)])
+    assert np.array_equal(video, frames)
+    c = phantom.contraction(np.arange(heart.n_frames) / heart.fps, heart)
+    plateau = np.flatnonzero(c == 1.0)  # the end-systolic plateau: one anatomy, several frames
+    assert len(plateau) >= 2 and not np.array_equal(video[plateau[0]], video[plateau[1]])
