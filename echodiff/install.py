@@ -2,7 +2,7 @@
 
 ``make install`` (and so ``make demo`` / ``make test``) runs ``.venv/bin/python echodiff/install.py``: it pip-installs
 uv into the venv, then has uv install ``requirements.lock`` and ``echodiff`` itself (editable). uv unpacks and
-byte-compiles in parallel: on the project's 2-core box the lock file took 43 s instead of pip's 115 s
+byte-compiles in parallel: on the project's 2-core box the lock file took 39 s instead of pip's 112 s
 (benchmarks/README.md). uv reads no ``pip.conf``, so the package sources pip would use (its environment variables
 and config files: index URLs, find-links, constraints, certificate, trusted hosts) are handed to uv as arguments; a
 pip setting with no uv translation here (``proxy``) is an error, not something quietly dropped.
