@@ -54,8 +54,7 @@ def test_the_venv_holds_the_lock_file():
     listed = subprocess.run([sys.executable, "-m", "pip", "list", "--format", "json"], check=True,
                             capture_output=True, text=True).stdout
     installed = {p["name"].lower().replace("_", "-"): p for p in json.loads(listed)}
-    wrong = {name: (version, installed.get(name.lower().replace("_", "-"), {}).get("version"))
-             for name, version in pins.items()
-             if installed.get(name.lower().replace("_", "-"), {}).get("version") != version}
+    found = {name: installed.get(name.lower().replace("_", "-"), {}).get("version") for name in pins}
+    wrong = {name: (version, found[name]) for name, version in pins.items() if found[name] != version}
     assert not wrong, f"installed versions differ from requirements.lock (pinned, installed): {wrong}"
     assert installed["echodiff"].get("editable_project_location") == str(repo_root())
